@@ -1,0 +1,306 @@
+"""Typed schema of an experiment config (one YAML file = one run).
+
+Every section forbids unknown keys, checks types and ranges, and reports the dotted key path
+(see :mod:`rkd.config.loader`). Floats accept paper notation (``8/255``, ``5e-4``).
+
+Top level::
+
+    name, seed, device, output_dir
+    data:     which dataset, split/subset, batch sizes, augmentation
+    model:    architecture and its size knobs
+    method:   training method and its hyperparameters (``name`` selects the method)
+    train:    epochs, optimiser, LR schedule, AMP, checkpointing
+    eval:     the robust-accuracy grid and an optional PGD step-count sweep
+    tracking: MLflow
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rkd.config.numbers import Number, format_eps
+
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn", "imagenet32")
+NORMS = ("linf", "l2")
+ATTACK_KINDS = ("fgsm", "pgd", "mifgsm", "cw", "autoattack", "jitter", "square")
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- data
+class DataConfig(Strict):
+    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    root: str = "./data"
+    download: bool = False
+    verify: bool = Field(True, description="check torchvision's md5 of CIFAR/SVHN files (off: existence only)")
+    half: Optional[Literal["first", "second"]] = Field(
+        None, description="keep one deterministic stratified half of the TRAIN set (the papers' +/-)"
+    )
+    classes: Optional[list[Annotated[int, Field(ge=0)]]] = Field(
+        None, description="keep only these classes (labels remapped to 0..k-1)"
+    )
+    limit_train: Optional[Annotated[int, Field(gt=0)]] = None
+    limit_test: Optional[Annotated[int, Field(gt=0)]] = None
+    augment: bool = True
+    flip: bool = True
+    batch_size: Annotated[int, Field(gt=0)] = 128
+    eval_batch_size: Annotated[int, Field(gt=0)] = 256
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _classes_unique(self):
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise ValueError("data.classes must list at least two distinct class indices")
+        return self
+
+
+# -------------------------------------------------------------------------------------- model
+class ModelConfig(Strict):
+    arch: str = "resnet18"
+    width: Annotated[int, Field(gt=0)] = 64
+    layers: Optional[list[Annotated[int, Field(gt=0)]]] = Field(
+        None, description="blocks per stage (ResNet); None = the architecture's own"
+    )
+    depth: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="WideResNet depth (6n+4)")
+    widen_factor: Optional[Annotated[int, Field(gt=0)]] = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weights_path: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _known_arch(self):
+        from rkd.models import list_models  # lazy: config is the lowest layer
+
+        if self.arch not in list_models():
+            raise ValueError(f"unknown arch {self.arch!r}; valid: {', '.join(sorted(list_models()))}")
+        return self
+
+    def kwargs(self) -> dict:
+        """Keyword arguments for :func:`rkd.models.create_model` (only the ones that are set)."""
+        out = {"width": self.width, "layers": self.layers, "depth": self.depth,
+               "widen_factor": self.widen_factor, "dropout": self.dropout,
+               "weights_path": self.weights_path}
+        return {k: v for k, v in out.items() if v is not None and not (k == "dropout" and v == 0.0)}
+
+
+# ------------------------------------------------------------------------------------ attacks
+class AttackConfig(Strict):
+    """One attack of an evaluation grid (or of a training method)."""
+
+    kind: Literal[ATTACK_KINDS] = "pgd"  # type: ignore[valid-type]
+    name: Optional[str] = Field(None, description="label in tables; derived when omitted")
+    norm: Literal[NORMS] = "linf"  # type: ignore[valid-type]
+    eps: Annotated[Number, Field(ge=0)] = 8 / 255
+    steps: Annotated[int, Field(ge=0)] = 7
+    step_size: Optional[Annotated[Number, Field(gt=0)]] = Field(
+        None, description="default 2.5*eps/steps (Madry et al.)"
+    )
+    restarts: Annotated[int, Field(ge=1)] = 1
+    random_start: bool = True
+    # CW / AutoAttack / Square / Jitter specifics
+    c: Annotated[Number, Field(gt=0)] = 1.0
+    kappa: Annotated[Number, Field(ge=0)] = 0.0
+    lr: Annotated[Number, Field(gt=0)] = 0.01
+    n_queries: Annotated[int, Field(gt=0)] = 1000
+    version: Literal["standard", "plus", "rand"] = "standard"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"Linf eps {self.eps} is larger than the [0,1] pixel range; write e.g. 8/255")
+        if self.kind in ("fgsm", "mifgsm", "jitter") and self.norm != "linf":
+            raise ValueError(f"{self.kind} is an Linf attack; set norm: linf")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        eps = format_eps(self.eps, self.norm)
+        if self.kind == "fgsm":
+            return f"FGSM {eps}"
+        if self.kind == "pgd":
+            return f"PGD-{self.steps} {self.norm.upper() if self.norm == 'l2' else 'Linf'} {eps}"
+        if self.kind == "cw":
+            return f"CW c={self.c:g}"
+        return f"{self.kind} {self.norm} {eps}"
+
+    def attack_params(self) -> dict:
+        """Keyword arguments for :func:`rkd.attacks.build_attack` of this kind."""
+        k = self.kind
+        if k == "fgsm":
+            return {"eps": self.eps}
+        if k == "pgd":
+            return {"norm": self.norm, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                    "random_start": self.random_start, "restarts": self.restarts}
+        if k == "mifgsm":
+            return {"eps": self.eps, "steps": self.steps}
+        if k == "cw":
+            return {"c": self.c, "kappa": self.kappa, "steps": self.steps, "lr": self.lr}
+        if k == "autoattack":
+            return {"norm": self.norm, "eps": self.eps, "version": self.version}
+        if k == "jitter":
+            return {"eps": self.eps, "steps": self.steps, "alpha": self.step_size}
+        if k == "square":
+            return {"norm": self.norm, "eps": self.eps, "n_queries": self.n_queries}
+        raise AssertionError(k)
+
+
+class TrainAttackConfig(Strict):
+    """The inner maximisation used while training (adversarial training, TRADES)."""
+
+    norm: Literal[NORMS] = "linf"  # type: ignore[valid-type]
+    eps: Annotated[Number, Field(gt=0)] = 8 / 255
+    steps: Annotated[int, Field(ge=1)] = 7
+    step_size: Optional[Annotated[Number, Field(gt=0)]] = None
+    random_start: bool = True
+    mode: Literal["train", "eval"] = Field(
+        "train", description="model mode while the attack runs (BatchNorm statistics)"
+    )
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"Linf eps {self.eps} is larger than the [0,1] pixel range; write e.g. 8/255")
+        return self
+
+
+# ------------------------------------------------------------------------------------ methods
+class StandardMethod(Strict):
+    """Cross-entropy on clean data."""
+
+    name: Literal["standard"] = "standard"
+
+
+class AdversarialMethod(Strict):
+    """Madry et al. PGD adversarial training: CE on the PGD examples."""
+
+    name: Literal["adversarial"]
+    attack: TrainAttackConfig = TrainAttackConfig()
+
+
+class TradesMethod(Strict):
+    """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(f(x_adv) || f(x))."""
+
+    name: Literal["trades"]
+    beta: Annotated[Number, Field(ge=0)] = 6.0
+    attack: TrainAttackConfig = TrainAttackConfig(mode="eval")
+
+
+MethodConfig = Annotated[
+    Union[StandardMethod, AdversarialMethod, TradesMethod],
+    Field(discriminator="name"),
+]
+METHOD_NAMES = ("standard", "adversarial", "trades")
+
+
+# -------------------------------------------------------------------------------------- train
+class TrainConfig(Strict):
+    epochs: Annotated[int, Field(gt=0)] = 10
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: Annotated[Number, Field(gt=0)] = 0.1
+    momentum: Annotated[Number, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[Number, Field(ge=0)] = 5e-4
+    nesterov: bool = False
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, description="epochs at which 'step' multiplies the LR by lr_decay"
+    )
+    lr_decay: Annotated[Number, Field(gt=0, le=1)] = 0.1
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    amp: bool = False
+    grad_clip: Optional[Annotated[Number, Field(gt=0)]] = None
+    checkpoint_every: Annotated[int, Field(gt=0)] = 1
+    keep_checkpoints: Annotated[int, Field(gt=0)] = 2
+    eval_every: Annotated[int, Field(ge=0)] = Field(1, description="clean test accuracy every N epochs; 0 = never")
+    progress: Literal["auto", "bar", "log", "none"] = "auto"
+
+    @model_validator(mode="after")
+    def _schedule(self):
+        if self.schedule == "step" and not self.milestones:
+            raise ValueError("schedule 'step' needs train.milestones")
+        if any(m > self.epochs for m in self.milestones):
+            raise ValueError(f"train.milestones {self.milestones} lie beyond train.epochs={self.epochs}")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError("train.warmup_epochs must be smaller than train.epochs")
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError("nesterov applies to optimizer 'sgd' only")
+        return self
+
+
+# --------------------------------------------------------------------------------------- eval
+def _robust_kd_grid() -> list[AttackConfig]:
+    """The Robust-KD paper's white-box grid: FGSM 4/255, 8/255; L2 PGD 0.25, 0.5; Linf PGD 4/255, 8/255."""
+    return [
+        AttackConfig(kind="fgsm", eps=4 / 255),
+        AttackConfig(kind="fgsm", eps=8 / 255),
+        AttackConfig(kind="pgd", norm="l2", eps=0.25, steps=7),
+        AttackConfig(kind="pgd", norm="l2", eps=0.5, steps=7),
+        AttackConfig(kind="pgd", norm="linf", eps=4 / 255, steps=7),
+        AttackConfig(kind="pgd", norm="linf", eps=8 / 255, steps=7),
+    ]
+
+
+class StepSweepConfig(Strict):
+    """PGD accuracy as a function of the number of steps (Robust-KD Figures 4-5)."""
+
+    norm: Literal[NORMS] = "l2"  # type: ignore[valid-type]
+    eps: Annotated[Number, Field(gt=0)] = 0.5
+    steps: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 7, 25, 100])
+    step_size: Optional[Annotated[Number, Field(gt=0)]] = Field(
+        None, description="fixed step size; default 2.5*eps/steps for each step count"
+    )
+
+    @model_validator(mode="after")
+    def _nonempty(self):
+        if not self.steps:
+            raise ValueError("eval.step_sweep.steps must not be empty")
+        return self
+
+
+class EvalConfig(Strict):
+    enabled: bool = True
+    attacks: list[AttackConfig] = Field(default_factory=_robust_kd_grid)
+    step_sweep: Optional[StepSweepConfig] = None
+    max_samples: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="evaluate on the first N test samples (deterministic); None = all"
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _unique_labels(self):
+        labels = [a.label for a in self.attacks]
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise ValueError(f"eval.attacks has duplicate labels {sorted(dup)}; give them distinct 'name's")
+        return self
+
+
+# ----------------------------------------------------------------------------------- tracking
+class TrackingConfig(Strict):
+    enabled: bool = True
+    tracking_uri: Optional[str] = Field(
+        None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir"
+    )
+    experiment: str = "rkd"
+    log_model: bool = True
+
+
+# --------------------------------------------------------------------------------- experiment
+class ExperimentConfig(Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "experiment"
+    seed: int = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
+    output_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = StandardMethod()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()

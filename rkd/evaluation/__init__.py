@@ -1,0 +1,7 @@
+"""Robust-accuracy evaluation and the results.json format."""
+
+from rkd.evaluation.results import SCHEMA, comparison_table, make_results, read_results, results_markdown, write_results
+from rkd.evaluation.robust_accuracy import accuracy, attack_entry, eval_subset, evaluate, step_sweep
+
+__all__ = ["SCHEMA", "accuracy", "attack_entry", "comparison_table", "eval_subset", "evaluate", "make_results",
+           "read_results", "results_markdown", "step_sweep", "write_results"]

@@ -1,0 +1,215 @@
+"""One experiment run: config -> data, model, method -> train -> evaluate -> track.
+
+This is the function every entry point calls: ``rkd train``, the quickstart, a Ray Train worker
+or a Tune trial (which add their own callbacks). A run lives in a directory::
+
+    <output_dir>/<name>-<timestamp>/
+        config.yaml          the fully resolved config
+        run.json             MLflow run id, tracking URI, status, device
+        history.json         per-epoch metrics
+        checkpoints/epoch_NNNN.pt (+ .sha256)   resumable trainer state (newest kept)
+        model.pt (+ .sha256) final weights of the trained model (state_dict)
+        results.json, results.md   robust-accuracy evaluation (schema in rkd.evaluation.results)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from rkd.config import ExperimentConfig, load_config, save_config
+from rkd.data import build_dataset, class_subset, half_split, limit
+from rkd.data.transforms import train_transform
+from rkd.engine import (
+    Callback,
+    CheckpointCallback,
+    HistoryCallback,
+    ProgressCallback,
+    Trainer,
+    atomic_torch_save,
+    latest_checkpoint,
+    seed_everything,
+    verified_torch_load,
+)
+from rkd.evaluation import accuracy, evaluate, make_results, write_results
+from rkd.evaluation.robust_accuracy import eval_subset
+from rkd.data.loader import make_loader
+from rkd.methods import build_method
+from rkd.models import create_model
+from rkd.tracking import MlflowRun, resolve_tracking_uri
+
+
+@dataclass
+class RunOutput:
+    run_dir: Path
+    results: dict | None
+    history: list[dict]
+    mlflow_run_id: str | None
+    train_wall_time_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_datasets(data_cfg):
+    """(train set with augmentation, test set, num_classes) as configured."""
+    kw = dict(root=data_cfg.root, download=data_cfg.download)
+    if data_cfg.dataset in ("cifar10", "cifar100", "svhn"):
+        kw["verify"] = data_cfg.verify
+    train = build_dataset(data_cfg.dataset, train=True, **kw)
+    test = build_dataset(data_cfg.dataset, train=False, **kw)
+    if data_cfg.classes is not None:
+        train, test = class_subset(train, data_cfg.classes), class_subset(test, data_cfg.classes)
+    if data_cfg.half is not None:
+        train = half_split(train, data_cfg.half, seed=data_cfg.split_seed)
+    if data_cfg.limit_train is not None:
+        train = limit(train, data_cfg.limit_train, seed=data_cfg.split_seed)
+    if data_cfg.limit_test is not None:
+        test = limit(test, data_cfg.limit_test, seed=data_cfg.split_seed)
+    if data_cfg.augment:
+        train = train.with_transform(train_transform(flip=data_cfg.flip))
+    return train, test, train.num_classes
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int):
+    return create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **cfg.model.kwargs())
+
+
+def new_run_dir(cfg: ExperimentConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def clean_accuracy_fn(test_set, device, batch_size: int, max_samples: int | None = 1000):
+    """Per-epoch validation: clean accuracy on (the first ``max_samples`` of) the test set."""
+    loader = make_loader(eval_subset(test_set, max_samples), batch_size)
+
+    def fn(model):
+        return {"val_acc": accuracy(model, loader, device)}
+
+    return fn
+
+
+def _read_run_json(run_dir: Path) -> dict:
+    p = run_dir / "run.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _write_run_json(run_dir: Path, **updates) -> None:
+    data = {**_read_run_json(run_dir), **updates}
+    (run_dir / "run.json").write_text(json.dumps(data, indent=1))
+
+
+def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, resume: bool = False,
+                   callbacks: Iterable[Callback] = (), parent_run_id: str | None = None,
+                   tags: dict | None = None, rank: int = 0) -> RunOutput:
+    """Train and evaluate one configured run; returns where it is and what it measured.
+
+    ``resume=True`` continues the newest checkpoint in ``run_dir`` (and reopens its MLflow run,
+    so a resumed run is still one run). Any exception marks the MLflow run FAILED and re-raises.
+    """
+    device = resolve_device(cfg.device)
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    previous = _read_run_json(run_dir) if resume else {}
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoints/epoch_*.pt")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        save_config(cfg, run_dir / "config.yaml")
+
+    seed_everything(cfg.seed)
+    train_set, test_set, num_classes = build_datasets(cfg.data)
+    model = build_model(cfg, num_classes)
+    method = build_method(cfg.method, model)
+
+    run_tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
+                "rkd.run_dir": str(run_dir.resolve()), **(tags or {})}
+    tracker = MlflowRun(cfg.tracking, run_name=cfg.name, tags=run_tags, parent_run_id=parent_run_id,
+                        run_id=previous.get("mlflow_run_id"), rank=rank)
+    with tracker:
+        if rank == 0:
+            _write_run_json(run_dir, name=cfg.name, mlflow_run_id=tracker.run_id, status="RUNNING",
+                            tracking_uri=resolve_tracking_uri(cfg.tracking.tracking_uri) if tracker.enabled else None,
+                            device=str(device))
+        if ckpt is None:
+            tracker.log_config(cfg)
+        trainer = Trainer(
+            method, train_set, cfg.train, batch_size=cfg.data.batch_size, device=device, seed=cfg.seed,
+            num_workers=cfg.data.num_workers, rank=rank,
+            eval_fn=clean_accuracy_fn(test_set, device, cfg.data.eval_batch_size),
+            callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(run_dir / "history.json"),
+                       CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints),
+                       tracker.callback(), *callbacks],
+        )
+        if ckpt is not None:
+            trainer.resume(ckpt)
+        trainer.fit()
+        if rank == 0:
+            atomic_torch_save(model.state_dict(), run_dir / "model.pt")
+
+        results = None
+        if cfg.eval.enabled and rank == 0:
+            body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size)
+            results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id), train_wall_time_s=trainer.wall_time)
+            files = write_results(results, run_dir)
+            tracker.log_results(results, list(files))
+        tracker.log_metrics({"train_wall_time_s": trainer.wall_time})
+        tracker.log_model(model)
+        model.to(device)
+        if rank == 0:
+            _write_run_json(run_dir, status="FINISHED", train_wall_time_s=trainer.wall_time)
+    return RunOutput(run_dir, results, trainer.history, tracker.run_id, trainer.wall_time)
+
+
+def _run_info(cfg: ExperimentConfig, run_dir: Path, mlflow_run_id: str | None) -> dict:
+    return {"name": cfg.name, "method": cfg.method.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
+            "run_dir": str(run_dir), "mlflow_run_id": mlflow_run_id}
+
+
+def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """(config, model with the run's final weights, test set) of a finished run directory."""
+    run_dir = Path(run_dir)
+    cfg = load_config(str(run_dir / "config.yaml"))
+    _, test_set, num_classes = build_datasets(cfg.data)
+    model = build_model(cfg, num_classes)
+    model.load_state_dict(verified_torch_load(run_dir / "model.pt"))
+    return cfg, model.to(device).eval(), test_set
+
+
+def evaluate_run(run_dir: str | Path, *, eval_overrides: Iterable[str] = (), eval_config: str | None = None,
+                 track: bool = True) -> dict:
+    """Evaluate a finished run again (e.g. with another grid); results go to its directory and
+    into its MLflow run (reopened)."""
+    run_dir = Path(run_dir)
+    base = load_config(str(run_dir / "config.yaml"))
+    overrides = list(eval_overrides)
+    if eval_config is not None:
+        other = load_config(eval_config)
+        overrides = [f"eval={json.dumps(other.eval.model_dump(mode='json'))}"] + overrides
+    cfg = load_config(str(run_dir / "config.yaml"), overrides) if overrides else base
+    device = resolve_device(cfg.device)
+    _, model, test_set = load_trained_model(run_dir, device)
+    previous = _read_run_json(run_dir)
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    with MlflowRun(tracking, run_name=cfg.name, run_id=previous.get("mlflow_run_id")) as tracker:
+        body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size)
+        results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id),
+                               train_wall_time_s=previous.get("train_wall_time_s"))
+        files = write_results(results, run_dir)
+        tracker.log_results(results, list(files))
+    return results

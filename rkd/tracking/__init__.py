@@ -1,0 +1,14 @@
+"""MLflow tracking (the only package that imports mlflow)."""
+
+from rkd.tracking.mlflow_tracker import (
+    DEFAULT_TRACKING_URI,
+    PARENT_TAG,
+    MlflowCallback,
+    MlflowRun,
+    get_or_create_experiment,
+    metric_key,
+    resolve_tracking_uri,
+)
+
+__all__ = ["DEFAULT_TRACKING_URI", "PARENT_TAG", "MlflowCallback", "MlflowRun", "get_or_create_experiment",
+           "metric_key", "resolve_tracking_uri"]

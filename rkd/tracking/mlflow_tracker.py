@@ -1,0 +1,169 @@
+"""MLflow tracking for one run (the only module, with its package, that imports mlflow).
+
+Where runs go: ``tracking.tracking_uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` in the working directory (MLflow 3.13+ refuses the plain ``./mlruns``
+file store). With the sqlite default, artifacts land in ``./mlruns/`` beside it.
+
+What a run holds: the resolved config flattened into params and as ``config.yaml``; per-epoch
+metrics (step = epoch); ``results.json`` and ``results.md``; the final model
+(``mlflow.pytorch.log_model``, name ``model``); tags ``rkd.method``, ``rkd.dataset``, ``rkd.run_dir``.
+Only rank 0 logs (others get a disabled tracker). A run whose body raises ends ``FAILED``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from rkd.config.loader import dump_config, flatten
+from rkd.engine.callbacks import Callback
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class MlflowRun:
+    """One MLflow run, used as a context manager.
+
+    Args:
+        tracking: the ``tracking`` config section (enabled, tracking_uri, experiment, log_model).
+        run_name: display name.
+        tags: extra tags.
+        parent_run_id: makes this a nested run (``mlflow.parentRunId``).
+        run_id: reopen an existing run (``rkd eval`` adds results to the training run).
+        rank: only rank 0 logs; other ranks get a no-op object.
+    """
+
+    def __init__(self, tracking, *, run_name: str, tags: dict | None = None, parent_run_id: str | None = None,
+                 run_id: str | None = None, rank: int = 0):
+        self.enabled = bool(tracking.enabled) and rank == 0
+        self.uri = resolve_tracking_uri(tracking.tracking_uri)
+        self.experiment = tracking.experiment
+        self.log_model_enabled = tracking.log_model
+        self.run_name, self.tags, self.parent_run_id = run_name, dict(tags or {}), parent_run_id
+        self.run_id = run_id
+        self.client = None
+
+    # ------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "MlflowRun":
+        if not self.enabled:
+            return self
+        self.client = _client(self.uri)
+        if self.run_id is None:
+            exp_id = get_or_create_experiment(self.client, self.experiment)
+            tags = {k: str(v) for k, v in self.tags.items()}
+            if self.parent_run_id:
+                tags[PARENT_TAG] = self.parent_run_id
+            self.run_id = self.client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
+        else:
+            self.client.update_run(self.run_id, status="RUNNING")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.enabled and self.run_id:
+            status = "FAILED" if exc_type is not None else "FINISHED"
+            if exc_type is not None:
+                self.client.set_tag(self.run_id, "rkd.error", f"{exc_type.__name__}: {exc}"[:4000])
+            self.client.set_terminated(self.run_id, status=status)
+        return False
+
+    # ---------------------------------------------------------------------- logging
+    def log_config(self, cfg) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        params = flatten(cfg.model_dump(mode="json"))
+        batch = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(batch), 100):
+            self.client.log_batch(self.run_id, params=batch[i:i + 100])
+        self.client.log_text(self.run_id, dump_config(cfg), "config.yaml")
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict) -> None:
+        if self.enabled:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def log_results(self, results: dict, files: list[Path]) -> None:
+        """Summary metrics (clean + each attack accuracy) and the results files as artifacts."""
+        if not self.enabled:
+            return
+        metrics = {"clean_acc": results["clean_accuracy"], "eval_wall_time_s": results["eval_wall_time_s"]}
+        if results.get("train_wall_time_s") is not None:
+            metrics["train_wall_time_s"] = results["train_wall_time_s"]
+        for a in results["attacks"]:
+            metrics[metric_key(a)] = a["accuracy"]
+        self.log_metrics(metrics)
+        for f in files:
+            self.client.log_artifact(self.run_id, str(f))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_model(self, model) -> None:
+        if not (self.enabled and self.log_model_enabled):
+            return
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            import torch
+
+            # pickle format: the traced 'pt2' default needs an input example and re-traces the model
+            mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    def callback(self) -> "MlflowCallback":
+        return MlflowCallback(self)
+
+
+def metric_key(attack_entry: dict) -> str:
+    """MLflow metric name of an attack result, e.g. ``acc.white-box.PGD-7_Linf_8_255``."""
+    name = attack_entry["name"].replace(" ", "_").replace("/", "_").replace("=", "")
+    return f"acc.{attack_entry['protocol']}.{name}"
+
+
+class MlflowCallback(Callback):
+    """Logs every epoch's metrics with step = epoch number."""
+
+    def __init__(self, run: MlflowRun):
+        self.run = run
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        self.run.log_metrics(metrics, step=epoch + 1)

@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests never touch the network or the user's MLflow store."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tracking_uri(tmp_path):
+    """A fresh sqlite MLflow store for one test."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path, tracking_uri):
+    """Overrides that make a digits/synthetic run take seconds on CPU."""
+    return [
+        "data.dataset=synthetic", "data.limit_train=64", "data.limit_test=32", "data.batch_size=16",
+        "model.arch=resnet18", "model.width=4", "model.layers=[1,1,1,1]", "train.epochs=2",
+        "train.warmup_epochs=0", "train.progress=none", "eval.max_samples=32",
+        f"output_dir={tmp_path / 'runs'}", f"tracking.tracking_uri={tracking_uri}", "tracking.log_model=false",
+    ]

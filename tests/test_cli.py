@@ -1,0 +1,88 @@
+"""End to end through the real `rkd` command: train, eval, quickstart, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.e2e
+
+
+def rkd(*args, cwd, check=True):
+    proc = subprocess.run([sys.executable, "-m", "rkd.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rkd {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_for_every_command(tmp_path):
+    for cmd in ([], ["train"], ["eval"], ["quickstart"]):
+        out = rkd(*cmd, "--help", cwd=tmp_path).stdout
+        assert "usage: rkd" in out
+    assert "preset:digits_standard" in rkd("train", "--help", cwd=tmp_path).stdout.replace("\n", " ") or \
+        "digits_standard" in rkd("train", "--help", cwd=tmp_path).stdout
+
+
+def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides, tracking_uri):
+    run_dir = tmp_path / "run"
+    rkd("train", "preset:digits_standard", *tiny_overrides, "--run-dir", str(run_dir), cwd=tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["schema"] == "rkd.results/1" and len(results["attacks"]) == 6
+    assert 0.0 <= results["clean_accuracy"] <= 1.0
+    run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+
+    proc = rkd("eval", str(run_dir), "eval.attacks=[{kind: pgd, norm: l2, eps: 0.5, steps: 3}]",
+               "eval.step_sweep={norm: l2, eps: 0.5, steps: [0, 2]}", cwd=tmp_path)
+    assert "PGD-3 L2 0.5" in proc.stdout
+    again = json.loads((run_dir / "results.json").read_text())
+    assert [a["name"] for a in again["attacks"]] == ["PGD-3 L2 0.5"]
+    assert again["clean_accuracy"] == pytest.approx(results["clean_accuracy"])  # same weights, same data
+    assert again["step_sweep"]["points"][0]["accuracy"] == pytest.approx(results["clean_accuracy"])
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "acc.white-box.PGD-3_L2_0.5" in run.data.metrics  # eval added to the same run
+    assert len(client.get_metric_history(run_id, "train_loss")) == 2
+    arts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"results.json", "results.md", "config.yaml"} <= arts
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  epochs: 0\nmodel:\n  widht: 3\n")
+    proc = rkd("train", str(bad), cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "train.epochs" in proc.stderr and "model.widht: unknown key" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+    proc = rkd("train", "preset:digits_standard", "train.lr=-1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "train.lr" in proc.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, tiny_overrides):
+    over = [o for o in tiny_overrides if not o.startswith("data.dataset")]
+    proc = rkd("train", "preset:digits_standard", *over, "data.dataset=cifar10", f"data.root={tmp_path / 'd'}",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "cifar-10-batches-py" in proc.stderr and "download" in proc.stderr
+
+
+def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracking_uri):
+    over = [o for o in tiny_overrides if not o.startswith("output_dir")]
+    proc = rkd("quickstart", *over, "adversarial:method.attack.steps=2", "--output-dir", str(tmp_path / "q"), cwd=tmp_path)
+    assert "| standard training |" in proc.stdout
+    assert "| adversarial training" in proc.stdout
+    assert f"mlflow ui --backend-store-uri {tracking_uri}" in proc.stdout
+    summary = next(Path(tmp_path / "q").glob("quickstart-*/summary.json"))
+    runs = json.loads(summary.read_text())["runs"]
+    client = MlflowClient(tracking_uri)
+    parents = {client.get_run(r["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "quickstart" and parent.info.status == "FINISHED"

@@ -1,0 +1,147 @@
+"""Config schema and loader: defaults, paper notation, inheritance, overrides, errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from rkd.config import ConfigError, config_from_dict, dump_config, flatten, list_presets, load_config
+
+
+def write(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return str(p)
+
+
+def test_defaults_are_the_robust_kd_grid():
+    cfg = load_config()
+    labels = [a.label for a in cfg.eval.attacks]
+    assert labels == ["FGSM 4/255", "FGSM 8/255", "PGD-7 L2 0.25", "PGD-7 L2 0.5", "PGD-7 Linf 4/255", "PGD-7 Linf 8/255"]
+    assert cfg.train.momentum == 0.9 and cfg.train.weight_decay == pytest.approx(5e-4)
+    assert cfg.tracking.tracking_uri is None  # resolved later: env var, else sqlite:///mlflow.db
+
+
+def test_paper_notation_numbers(tmp_path):
+    path = write(tmp_path, "a.yaml", "method:\n  name: adversarial\n  attack:\n    eps: 8/255\ntrain:\n  weight_decay: 5e-4\n")
+    cfg = load_config(path)
+    assert cfg.method.attack.eps == pytest.approx(8 / 255)
+    assert cfg.train.weight_decay == pytest.approx(5e-4)
+
+
+def test_unknown_key_names_file_and_path(tmp_path):
+    path = write(tmp_path, "bad.yaml", {"train": {"epochs": 3, "epohcs": 4}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert path in msg and "train.epohcs" in msg and "unknown key" in msg
+
+
+def test_wrong_type_and_range(tmp_path):
+    path = write(tmp_path, "bad.yaml", {"train": {"epochs": "many", "lr": -1}, "data": {"batch_size": 0}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    keys = {k for k, _ in info.value.problems}
+    assert {"train.epochs", "train.lr", "data.batch_size"} <= keys
+    assert "'many'" in str(info.value)
+
+
+def test_method_specific_keys_are_checked(tmp_path):
+    path = write(tmp_path, "bad.yaml", {"method": {"name": "trades", "beta": -2}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [k for k, _ in info.value.problems] == ["method.beta"]
+    path = write(tmp_path, "bad2.yaml", {"method": {"name": "standard", "beta": 1}})
+    with pytest.raises(ConfigError, match="method.beta: unknown key"):
+        load_config(path)
+    path = write(tmp_path, "bad3.yaml", {"method": {"name": "nonsense"}})
+    with pytest.raises(ConfigError, match="method"):
+        load_config(path)
+
+
+def test_linf_eps_in_pixel_units(tmp_path):
+    path = write(tmp_path, "bad.yaml", {"eval": {"attacks": [{"kind": "pgd", "norm": "linf", "eps": 8}]}})
+    with pytest.raises(ConfigError, match=r"eval.attacks.0: .*8/255"):
+        load_config(path)
+
+
+def test_unknown_arch_and_dataset(tmp_path):
+    path = write(tmp_path, "bad.yaml", {"model": {"arch": "resnet9000"}, "data": {"dataset": "mnist"}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "model: " in text and "resnet9000" in text and "data.dataset" in text
+
+
+def test_step_schedule_needs_milestones_within_epochs(tmp_path):
+    with pytest.raises(ConfigError, match="milestones"):
+        load_config(write(tmp_path, "a.yaml", {"train": {"schedule": "step", "epochs": 10}}))
+    with pytest.raises(ConfigError, match="beyond"):
+        load_config(write(tmp_path, "b.yaml", {"train": {"schedule": "step", "epochs": 10, "milestones": [20]}}))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "x.yaml", "train: [unclosed"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "y.yaml", "- 1\n- 2\n"))
+
+
+def test_overrides(tmp_path):
+    path = write(tmp_path, "a.yaml", {"name": "a", "train": {"epochs": 3}})
+    cfg = load_config(path, ["train.epochs=5", "eval.attacks.0.eps=2/255", "method.name=adversarial",
+                             "method.attack.norm=l2", "method.attack.eps=0.5", "data.classes=[0, 3]"])
+    assert cfg.train.epochs == 5
+    assert cfg.eval.attacks[0].eps == pytest.approx(2 / 255)  # reached into the default grid
+    assert cfg.method.name == "adversarial" and cfg.method.attack.norm == "l2"
+    assert cfg.data.classes == [0, 3]
+
+
+def test_bad_overrides_are_reported(tmp_path):
+    with pytest.raises(ConfigError, match="train.epocs: unknown key"):
+        load_config(None, ["train.epocs=5"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="out of range"):
+        load_config(None, ["eval.attacks.17.eps=0.1"])
+
+
+def test_switching_method_drops_old_keys(tmp_path):
+    path = write(tmp_path, "a.yaml", {"method": {"name": "trades", "beta": 3.0}})
+    cfg = load_config(path, ["method.name=standard"])
+    assert cfg.method.name == "standard"
+
+
+def test_base_inheritance_and_cycles(tmp_path):
+    write(tmp_path, "base.yaml", {"name": "base", "train": {"epochs": 7, "lr": 0.2}})
+    child = write(tmp_path, "child.yaml", {"base": "base.yaml", "name": "child", "train": {"epochs": 3}})
+    cfg = load_config(child)
+    assert (cfg.name, cfg.train.epochs, cfg.train.lr) == ("child", 3, 0.2)
+    write(tmp_path, "c1.yaml", {"base": "c2.yaml"})
+    c2 = write(tmp_path, "c2.yaml", {"base": "c1.yaml"})
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(c2)
+
+
+def test_presets_load_and_roundtrip(tmp_path):
+    names = list_presets()
+    assert {"digits_standard", "digits_adversarial", "digits_trades"} <= set(names)
+    for name in names:
+        cfg = load_config(f"preset:{name}")
+        again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+        assert again == cfg
+
+
+def test_yaml_tags_cannot_execute(tmp_path):
+    path = write(tmp_path, "evil.yaml", "name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_flatten_for_mlflow_params():
+    flat = flatten(load_config("preset:digits_adversarial").model_dump(mode="json"))
+    assert flat["method.attack.norm"] == "linf"
+    assert flat["eval.attacks.3.eps"] == 0.5
+    assert flat["model.layers"] == [1, 1, 1, 1]

@@ -1,0 +1,103 @@
+"""Training loop, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rkd.config import load_config
+from rkd.engine import Callback, CheckpointError, EpochShuffleSampler, atomic_torch_save, verified_torch_load
+from rkd.experiment import run_experiment
+
+
+class StopAfter(Callback):
+    """Simulates a crash after ``n`` epochs (after the checkpoint of that epoch is written)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if epoch + 1 == self.n:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def _weights(run_dir):
+    return verified_torch_load(run_dir / "model.pt")
+
+
+def test_resume_mid_run_matches_uninterrupted(tmp_path, tiny_overrides):
+    # adversarial training: exercises the RNG (random start, augmentation) and the LR schedule
+    over = tiny_overrides + ["train.epochs=4", "method.name=adversarial", "method.attack.steps=2",
+                             "data.augment=true", "eval.enabled=false"]
+    cfg = load_config("preset:digits_adversarial", over)
+    full = run_experiment(cfg, run_dir=tmp_path / "full")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, run_dir=tmp_path / "split", callbacks=[StopAfter(2)])
+    assert not (tmp_path / "split" / "model.pt").exists()
+    resumed = run_experiment(cfg, run_dir=tmp_path / "split", resume=True)
+
+    a, b = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], abs=0)
+    # the resumed run is the same MLflow run, ended FINISHED
+    assert resumed.mlflow_run_id == json.loads((tmp_path / "split" / "run.json").read_text())["mlflow_run_id"]
+
+
+def test_checkpoint_corruption_is_detected(tmp_path):
+    path = atomic_torch_save({"w": torch.arange(1000.0)}, tmp_path / "c.pt")
+    assert torch.equal(verified_torch_load(path)["w"], torch.arange(1000.0))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        verified_torch_load(path)
+    path.write_bytes(bytes(data[:100]))  # truncated
+    with pytest.raises(CheckpointError, match="corrupt"):
+        verified_torch_load(path)
+    (tmp_path / "c.pt.sha256").unlink()
+    with pytest.raises(CheckpointError, match="no checksum"):
+        verified_torch_load(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        verified_torch_load(tmp_path / "missing.pt")
+
+
+def test_checkpoints_load_with_weights_only(tmp_path, tiny_overrides):
+    cfg = load_config("preset:digits_standard", tiny_overrides + ["eval.enabled=false", "train.keep_checkpoints=1"])
+    out = run_experiment(cfg, run_dir=tmp_path / "r")
+    ckpts = sorted((out.run_dir / "checkpoints").glob("epoch_*.pt"))
+    assert [c.name for c in ckpts] == ["epoch_0002.pt"]  # only the newest kept
+    state = torch.load(ckpts[0], weights_only=True)  # raises if anything unsafe were pickled
+    assert state["epoch"] == 2 and {"method", "optimizer", "scheduler", "rng"} <= state.keys()
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, tiny_overrides):
+    cfg = load_config("preset:digits_standard", tiny_overrides)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        run_experiment(cfg, run_dir=tmp_path / "empty", resume=True)
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch():
+    s = EpochShuffleSampler(50, seed=3)
+    s.set_epoch(1)
+    first = list(s)
+    s.set_epoch(2)
+    assert list(s) != first
+    t = EpochShuffleSampler(50, seed=3)
+    t.set_epoch(1)
+    assert list(t) == first and sorted(first) == list(range(50))
+
+
+def test_training_reduces_loss_and_schedule_ends_at_zero(tmp_path, tiny_overrides):
+    cfg = load_config("preset:digits_standard", tiny_overrides + ["train.epochs=4", "eval.enabled=false",
+                                                                   "data.limit_train=128", "train.lr=0.05"])
+    out = run_experiment(cfg, run_dir=tmp_path / "r")
+    losses = [h["train_loss"] for h in out.history]
+    assert losses[-1] < losses[0]
+    assert out.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to zero over all iterations
+    assert all("val_acc" in h for h in out.history)

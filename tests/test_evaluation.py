@@ -1,0 +1,93 @@
+"""Robust-accuracy grid, step sweep, results.json schema and tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from rkd.config import load_config
+from rkd.data import make_synthetic
+from rkd.evaluation import comparison_table, evaluate, make_results, read_results, write_results
+
+
+def _trained_linear(train):
+    torch.manual_seed(0)
+    x, y = train.tensors()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), train.num_classes))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    train = make_synthetic(True, n_train=200, seed=1)
+    test = make_synthetic(False, n_test=100, seed=1)
+    return _trained_linear(train), test
+
+
+def test_grid_entries_and_monotone_in_eps(setup):
+    model, test = setup
+    cfg = load_config(None, ["eval.step_sweep={norm: linf, eps: 8/255, steps: [0, 1, 5]}"]).eval
+    res = evaluate(model, test, cfg, device="cpu", batch_size=64)
+    assert res["num_samples"] == 100
+    names = [a["name"] for a in res["attacks"]]
+    assert names == [a.label for a in cfg.attacks]
+    acc = {a["name"]: a["accuracy"] for a in res["attacks"]}
+    assert res["clean_accuracy"] > 0.8
+    assert acc["FGSM 8/255"] <= acc["FGSM 4/255"] <= res["clean_accuracy"]
+    assert acc["PGD-7 Linf 8/255"] <= acc["PGD-7 Linf 4/255"]
+    assert acc["PGD-7 L2 0.5"] <= acc["PGD-7 L2 0.25"]
+    for a in res["attacks"]:
+        assert a["protocol"] == "white-box" and a["wall_time_s"] >= 0
+    pts = res["step_sweep"]["points"]
+    assert [p["steps"] for p in pts] == [0, 1, 5]
+    assert pts[0]["accuracy"] == pytest.approx(res["clean_accuracy"])  # 0 steps = clean
+    assert pts[2]["accuracy"] <= pts[0]["accuracy"]
+
+
+def test_eps_zero_gives_clean_accuracy(setup):
+    model, test = setup
+    cfg = load_config(None, ["eval.attacks=[{kind: pgd, eps: 0}, {kind: fgsm, eps: 0}]"]).eval
+    res = evaluate(model, test, cfg, device="cpu")
+    for a in res["attacks"]:
+        assert a["accuracy"] == res["clean_accuracy"]
+
+
+def test_max_samples_is_a_deterministic_prefix(setup):
+    model, test = setup
+    cfg = load_config(None, ["eval.max_samples=10", "eval.attacks=[]"]).eval
+    res = evaluate(model, test, cfg, device="cpu")
+    x, y = test.tensors()
+    expected = (model(x[:10]).argmax(1) == y[:10]).float().mean().item()
+    assert res["num_samples"] == 10 and res["clean_accuracy"] == pytest.approx(expected)
+
+
+def test_results_file_roundtrip_and_tables(tmp_path, setup):
+    model, test = setup
+    cfg = load_config(None, ["eval.max_samples=20"]).eval
+    res = make_results(evaluate(model, test, cfg, device="cpu"), run={"name": "r", "method": "standard"},
+                       train_wall_time_s=12.5)
+    js, md = write_results(res, tmp_path)
+    back = read_results(js)
+    assert back == json.loads(json.dumps(res))
+    assert back["schema"] == "rkd.results/1"
+    for key in ("clean_accuracy", "attacks", "train_wall_time_s", "eval_wall_time_s", "num_samples"):
+        assert key in back
+    for a in back["attacks"]:
+        assert {"name", "norm", "eps", "steps", "protocol", "accuracy"} <= a.keys()
+    table = comparison_table([("A", res), ("B", res)])
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| method | clean | FGSM 4/255")
+    assert lines[0].endswith("| train time |") and len(lines) == 4
+    assert f"{100 * res['clean_accuracy']:.2f}" in lines[2]
+    assert "FGSM 8/255" in md.read_text()
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an rkd results file"):
+        read_results(tmp_path / "other.json")

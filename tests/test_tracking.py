@@ -1,0 +1,72 @@
+"""MLflow tracking: what a run records, FAILED runs, URI resolution."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from rkd.config import load_config
+from rkd.engine import Callback
+from rkd.experiment import run_experiment
+from rkd.tracking import DEFAULT_TRACKING_URI, MlflowRun, resolve_tracking_uri
+
+
+class Boom(Callback):
+    def on_epoch_end(self, trainer, epoch, metrics):
+        raise RuntimeError("worker exploded")
+
+
+def test_uri_resolution(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert resolve_tracking_uri(None) == "sqlite:///env.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_run_records_params_metrics_artifacts(tmp_path, tiny_overrides, tracking_uri):
+    cfg = load_config("preset:digits_standard", tiny_overrides + ["tracking.log_model=true",
+                                                                   "eval.attacks=[{kind: fgsm, eps: 8/255}]"])
+    out = run_experiment(cfg, run_dir=tmp_path / "r", tags={"team": "x"})
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(out.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["method.name"] == "standard"
+    assert run.data.tags["rkd.method"] == "standard" and run.data.tags["team"] == "x"
+    hist = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in hist] == [1, 2]
+    assert run.data.metrics["clean_acc"] == pytest.approx(out.results["clean_accuracy"])
+    assert run.data.metrics["acc.white-box.FGSM_8_255"] == pytest.approx(out.results["attacks"][0]["accuracy"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "results.json", "results.md"} <= artifacts
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert any(m.source_run_id == run.info.run_id for m in models)
+
+
+def test_failed_run_ends_failed(tmp_path, tiny_overrides, tracking_uri):
+    cfg = load_config("preset:digits_standard", tiny_overrides)
+    with pytest.raises(RuntimeError, match="exploded"):
+        run_experiment(cfg, run_dir=tmp_path / "r", callbacks=[Boom()])
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    assert "worker exploded" in run.data.tags["rkd.error"]
+
+
+def test_only_rank_zero_logs(tmp_path, tracking_uri):
+    cfg = load_config(None, [f"tracking.tracking_uri={tracking_uri}"])
+    with MlflowRun(cfg.tracking, run_name="r1", rank=1) as r:
+        r.log_metrics({"a": 1.0})
+        assert r.run_id is None
+    client = MlflowClient(tracking_uri)
+    assert client.get_experiment_by_name(cfg.tracking.experiment) is None
+
+
+def test_nested_runs_carry_parent_tag(tracking_uri):
+    cfg = load_config(None, [f"tracking.tracking_uri={tracking_uri}"])
+    with MlflowRun(cfg.tracking, run_name="parent") as parent:
+        with MlflowRun(cfg.tracking, run_name="child", parent_run_id=parent.run_id) as child:
+            pass
+    run = MlflowClient(tracking_uri).get_run(child.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
