@@ -29,7 +29,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 bench: setup
-	$(BIN)/python benchmarks/bench_train_step.py
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .pytest_cache

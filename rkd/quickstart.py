@@ -23,6 +23,7 @@ from rkd.tracking import MlflowRun, resolve_tracking_uri
 QUICKSTART_METHODS: list[tuple[str, str]] = [
     ("standard training", "preset:digits_standard"),
     ("adversarial training (PGD-7 Linf 8/255)", "preset:digits_adversarial"),
+    ("TRADES (beta 6, PGD-7 Linf 8/255)", "preset:digits_trades"),
 ]
 
 

@@ -22,11 +22,12 @@ def rkd(*args, cwd, check=True):
 
 
 def test_help_for_every_command(tmp_path):
-    for cmd in ([], ["train"], ["eval"], ["quickstart"]):
-        out = rkd(*cmd, "--help", cwd=tmp_path).stdout
-        assert "usage: rkd" in out
-    assert "preset:digits_standard" in rkd("train", "--help", cwd=tmp_path).stdout.replace("\n", " ") or \
-        "digits_standard" in rkd("train", "--help", cwd=tmp_path).stdout
+    outs = {cmd: rkd(*([cmd] if cmd else []), "--help", cwd=tmp_path).stdout
+            for cmd in ("", "train", "eval", "quickstart")}
+    assert all(out.startswith("usage: rkd") for out in outs.values())
+    assert all(cmd in outs[""] for cmd in ("train", "eval", "quickstart"))
+    assert "digits_standard" in outs["train"] and "--resume" in outs["train"]
+    assert "RUN_DIR" in outs["eval"].upper() and "--only" in outs["quickstart"]
 
 
 def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides, tracking_uri):
@@ -75,9 +76,9 @@ def test_missing_dataset_is_a_clear_error(tmp_path, tiny_overrides):
 
 def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracking_uri):
     over = [o for o in tiny_overrides if not o.startswith("output_dir")]
-    proc = rkd("quickstart", *over, "adversarial:method.attack.steps=2", "--output-dir", str(tmp_path / "q"), cwd=tmp_path)
+    proc = rkd("quickstart", *over, "adversarial:method.attack.steps=2", "trades:method.attack.steps=2", "--output-dir", str(tmp_path / "q"), cwd=tmp_path)
     assert "| standard training |" in proc.stdout
-    assert "| adversarial training" in proc.stdout
+    assert "| adversarial training" in proc.stdout and "| TRADES" in proc.stdout
     assert f"mlflow ui --backend-store-uri {tracking_uri}" in proc.stdout
     summary = next(Path(tmp_path / "q").glob("quickstart-*/summary.json"))
     runs = json.loads(summary.read_text())["runs"]

@@ -145,3 +145,13 @@ def test_flatten_for_mlflow_params():
     assert flat["method.attack.norm"] == "linf"
     assert flat["eval.attacks.3.eps"] == 0.5
     assert flat["model.layers"] == [1, 1, 1, 1]
+
+
+def test_every_shipped_job_config_validates():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "jobs"
+    files = sorted(root.rglob("*.yaml"))
+    assert files, "no job configs found"
+    for f in files:
+        load_config(str(f))  # raises ConfigError naming the file and key

@@ -91,3 +91,15 @@ def test_results_file_roundtrip_and_tables(tmp_path, setup):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ValueError, match="not an rkd results file"):
         read_results(tmp_path / "other.json")
+
+
+def test_every_attack_kind_runs_from_config(setup):
+    model, test = setup
+    grid = ("eval.attacks=[{kind: mifgsm, eps: 8/255, steps: 3}, {kind: cw, steps: 5}, "
+            "{kind: autoattack, norm: l2, eps: 0.5, version: standard}, {kind: jitter, eps: 8/255, steps: 3}, "
+            "{kind: square, norm: linf, eps: 8/255, n_queries: 20}, {kind: pgd, eps: 8/255, steps: 3, restarts: 2}]")
+    cfg = load_config(None, [grid, "eval.max_samples=8"]).eval
+    res = evaluate(model, test, cfg, device="cpu")
+    assert [a["kind"] for a in res["attacks"]] == ["mifgsm", "cw", "autoattack", "jitter", "square", "pgd"]
+    for a in res["attacks"]:
+        assert 0.0 <= a["accuracy"] <= res["clean_accuracy"]

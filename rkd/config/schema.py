@@ -299,7 +299,7 @@ class ExperimentConfig(Strict):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
     output_dir: str = "runs"
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = StandardMethod()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

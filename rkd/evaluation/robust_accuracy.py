@@ -74,7 +74,10 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
     entries = []
     for a in cfg.attacks:
         torch.manual_seed(cfg.seed)
-        fn = build_attack(a.kind, **a.attack_params())
+        params = a.attack_params()
+        if a.kind == "autoattack":
+            params["n_classes"] = _num_classes(test_set)
+        fn = build_attack(a.kind, **params)
         t0 = time.perf_counter()
         acc = accuracy(model, loader, device, fn)
         entries.append(attack_entry(a, acc, time.perf_counter() - t0))
@@ -82,6 +85,13 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
     out["step_sweep"] = step_sweep(model, loader, cfg, device) if cfg.step_sweep else None
     out["eval_wall_time_s"] = time.perf_counter() - t_start
     return out
+
+
+def _num_classes(dataset) -> int:
+    n = getattr(dataset, "num_classes", None)
+    if n is None:
+        raise ValueError("autoattack needs the number of classes: evaluate a dataset with .num_classes")
+    return int(n)
 
 
 def step_sweep(model: nn.Module, loader: DataLoader, cfg: EvalConfig, device) -> dict:
