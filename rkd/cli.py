@@ -113,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rkd: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (OSError, RuntimeError) as exc:
         from rkd.data import DatasetNotFoundError
         from rkd.engine import CheckpointError
 
-        if isinstance(exc, (DatasetNotFoundError, CheckpointError, FileNotFoundError)):
+        if isinstance(exc, (DatasetNotFoundError, CheckpointError, FileNotFoundError, FileExistsError)):
             print(f"rkd: {exc}", file=sys.stderr)
             return 1
         raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -23,7 +24,7 @@ from typing import Iterable
 import torch
 
 from rkd.config import ExperimentConfig, load_config, save_config
-from rkd.data import build_dataset, class_subset, half_split, limit
+from rkd.data import build_dataset, class_subset, dataset_info, half_split, limit
 from rkd.data.transforms import train_transform
 from rkd.engine import (
     Callback,
@@ -32,7 +33,9 @@ from rkd.engine import (
     ProgressCallback,
     Trainer,
     atomic_torch_save,
+    CheckpointError,
     latest_checkpoint,
+    list_checkpoints,
     seed_everything,
     verified_torch_load,
 )
@@ -80,18 +83,41 @@ def build_datasets(data_cfg):
     return train, test, train.num_classes
 
 
-def build_model(cfg: ExperimentConfig, num_classes: int):
+def num_classes_of(data_cfg) -> int:
+    """Number of classes the configured data will have (known before loading it)."""
+    return len(data_cfg.classes) if data_cfg.classes is not None else dataset_info(data_cfg.dataset).num_classes
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int | None = None):
+    """The configured model (its knobs were checked against the architecture by the schema)."""
+    num_classes = num_classes_of(cfg.data) if num_classes is None else num_classes
     return create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **cfg.model.kwargs())
 
 
-def new_run_dir(cfg: ExperimentConfig) -> Path:
+def unique_dir(parent: str | Path, stem: str) -> Path:
+    """``parent/stem-<timestamp>`` (with ``-2``, ``-3`` ... if taken), created empty."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    base = Path(parent) / f"{stem}-{stamp}"
     path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
+
+
+def _resume_checkpoint(trainer: Trainer, run_dir: Path) -> Path:
+    """Load the newest checkpoint that verifies; a corrupt one is reported and skipped."""
+    for ckpt in reversed(list_checkpoints(run_dir / "checkpoints")):
+        try:
+            trainer.resume(ckpt)
+            return ckpt
+        except CheckpointError as exc:
+            warnings.warn(f"skipping unusable checkpoint: {exc}", stacklevel=2)
+    raise CheckpointError(f"no usable checkpoint in {run_dir / 'checkpoints'}")
 
 
 def clean_accuracy_fn(test_set, device, batch_size: int, max_samples: int | None = 1000):
@@ -123,19 +149,27 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
     so a resumed run is still one run). Any exception marks the MLflow run FAILED and re-raises.
     """
     device = resolve_device(cfg.device)
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if resume and latest_checkpoint(run_dir / "checkpoints") is None:
+            raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoints/epoch_*.pt")
+        if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+            raise FileExistsError(f"run directory {run_dir} is not empty; resume it or choose another")
+    elif resume:
+        raise ValueError("resume=True needs the run_dir to resume")
     previous = _read_run_json(run_dir) if resume else {}
-    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoints/epoch_*.pt")
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg)  # before the data: a bad model setting fails in a second
+    train_set, test_set, num_classes = build_datasets(cfg.data)
+    if num_classes != num_classes_of(cfg.data):
+        raise ValueError(f"{cfg.data.dataset}: {num_classes} classes in the data, expected {num_classes_of(cfg.data)}")
+    method = build_method(cfg.method, model)
+    if run_dir is None:  # only once everything could be built
+        run_dir = unique_dir(cfg.output_dir, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
-
-    seed_everything(cfg.seed)
-    train_set, test_set, num_classes = build_datasets(cfg.data)
-    model = build_model(cfg, num_classes)
-    method = build_method(cfg.method, model)
 
     run_tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
                 "rkd.run_dir": str(run_dir.resolve()), **(tags or {})}
@@ -146,31 +180,37 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
             _write_run_json(run_dir, name=cfg.name, mlflow_run_id=tracker.run_id, status="RUNNING",
                             tracking_uri=resolve_tracking_uri(cfg.tracking.tracking_uri) if tracker.enabled else None,
                             device=str(device))
-        if ckpt is None:
-            tracker.log_config(cfg)
-        trainer = Trainer(
-            method, train_set, cfg.train, batch_size=cfg.data.batch_size, device=device, seed=cfg.seed,
-            num_workers=cfg.data.num_workers, rank=rank,
-            eval_fn=clean_accuracy_fn(test_set, device, cfg.data.eval_batch_size),
-            callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(run_dir / "history.json"),
-                       CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints),
-                       tracker.callback(), *callbacks],
-        )
-        if ckpt is not None:
-            trainer.resume(ckpt)
-        trainer.fit()
-        if rank == 0:
-            atomic_torch_save(model.state_dict(), run_dir / "model.pt")
-
-        results = None
-        if cfg.eval.enabled and rank == 0:
-            body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size)
-            results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id), train_wall_time_s=trainer.wall_time)
-            files = write_results(results, run_dir)
-            tracker.log_results(results, list(files))
-        tracker.log_metrics({"train_wall_time_s": trainer.wall_time})
-        tracker.log_model(model)
-        model.to(device)
+        try:
+            if not resume:
+                tracker.log_config(cfg)
+            trainer = Trainer(
+                method, train_set, cfg.train, batch_size=cfg.data.batch_size, device=device, seed=cfg.seed,
+                num_workers=cfg.data.num_workers, rank=rank,
+                eval_fn=clean_accuracy_fn(test_set, device, cfg.data.eval_batch_size),
+                callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(run_dir / "history.json"),
+                           CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every,
+                                              cfg.train.keep_checkpoints),
+                           tracker.callback(), *callbacks],
+            )
+            if resume:
+                _resume_checkpoint(trainer, run_dir)
+            trainer.fit()
+            results = None
+            if rank == 0:
+                atomic_torch_save(model.state_dict(), run_dir / "model.pt")
+                if cfg.eval.enabled:
+                    body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size)
+                    results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id),
+                                           train_wall_time_s=trainer.wall_time)
+                    tracker.log_results(results, list(write_results(results, run_dir)))
+                else:
+                    tracker.log_metrics({"train_wall_time_s": trainer.wall_time})
+                tracker.log_model(model)
+                model.to(device)
+        except BaseException as exc:
+            if rank == 0:
+                _write_run_json(run_dir, status="FAILED", error=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
         if rank == 0:
             _write_run_json(run_dir, status="FINISHED", train_wall_time_s=trainer.wall_time)
     return RunOutput(run_dir, results, trainer.history, tracker.run_id, trainer.wall_time)

@@ -8,7 +8,6 @@ method. Later methods (Robust-KD, MACD, ...) add rows here.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Iterable
 
 from rkd.config import TrackingConfig, load_config
 from rkd.evaluation import comparison_table
-from rkd.experiment import run_experiment
+from rkd.experiment import run_experiment, unique_dir
 from rkd.tracking import MlflowRun, resolve_tracking_uri
 
 #: (table label, preset) in table order
@@ -58,9 +57,7 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         mine = [o.split(":", 1)[1] if ":" in o.split("=", 1)[0] else o for o in overrides
                 if ":" not in o.split("=", 1)[0] or o.split(":", 1)[0] == _key(preset)]
         configs.append((label, load_config(preset, mine + [f"output_dir={output_dir}"])))
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    qdir = Path(output_dir) / f"quickstart-{stamp}"
-    qdir.mkdir(parents=True, exist_ok=True)
+    qdir = unique_dir(output_dir, "quickstart")
     tracking: TrackingConfig = configs[0][1].tracking
 
     rows, runs = [], []

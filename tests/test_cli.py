@@ -87,3 +87,9 @@ def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracki
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
     assert parent.info.run_name == "quickstart" and parent.info.status == "FINISHED"
+
+
+def test_model_knob_the_arch_does_not_take_is_rejected(tmp_path, tiny_overrides):
+    proc = rkd("train", "preset:digits_standard", *tiny_overrides, "model.depth=28", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "model" in proc.stderr and "depth" in proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -46,6 +46,60 @@ def test_wrong_type_and_range(tmp_path):
     assert "'many'" in str(info.value)
 
 
+@pytest.mark.parametrize("override,key", [
+    ("train.epochs=true", "train.epochs"),          # no bool -> int coercion
+    ("train.epochs=2.5", "train.epochs"),
+    ("data.augment=yes_please", "data.augment"),
+    ("eval.attacks.0.eps=true", "eval.attacks.0.eps"),  # would otherwise be eps 1.0
+    ("model.layers=5", "model.layers"),
+])
+def test_no_type_coercion(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert key in [k for k, _ in info.value.problems]
+
+
+def test_attack_keys_must_apply_to_the_kind():
+    with pytest.raises(ConfigError, match=r"eval.attacks.0: .*random_start, restarts do\(es\) not apply to a fgsm"):
+        load_config(None, ["eval.attacks=[{kind: fgsm, eps: 8/255, restarts: 5, random_start: false}]"])
+    with pytest.raises(ConfigError, match="n_queries"):
+        load_config(None, ["eval.attacks=[{kind: pgd, eps: 8/255, n_queries: 50}]"])
+    cfg = load_config(None, ["eval.attacks=[{kind: square, eps: 8/255, n_queries: 50}]"])
+    assert cfg.eval.attacks[0].n_queries == 50
+
+
+def test_model_knob_the_arch_does_not_take(tmp_path):
+    path = write(tmp_path, "m.yaml", {"model": {"arch": "resnet18", "depth": 28}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert path in str(info.value) and "model.depth" in str(info.value)
+    cfg = load_config(None, ["model.arch=wide_resnet", "model.depth=10", "model.widen_factor=1"])
+    assert cfg.model.kwargs() == {"depth": 10, "widen_factor": 1}
+    with pytest.raises(ConfigError, match="model"):
+        load_config(None, ["model.arch=wide_resnet", "model.depth=11"])  # not 6n+4
+
+
+def test_trades_defaults_to_eval_mode_and_needs_its_start():
+    assert load_config("preset:digits_trades").method.attack.mode == "eval"
+    assert load_config(None, ["method.name=trades", "method.attack.eps=4/255"]).method.attack.mode == "eval"
+    assert load_config(None, ["method.name=adversarial", "method.attack.eps=4/255"]).method.attack.mode == "train"
+    with pytest.raises(ConfigError, match="random start"):
+        load_config(None, ["method.name=trades", "method.attack.random_start=false"])
+
+
+def test_milestones_after_warmup():
+    with pytest.raises(ConfigError, match="warm-up"):
+        load_config(None, ["train.epochs=10", "train.warmup_epochs=2", "train.schedule=step", "train.milestones=[2, 5]"])
+
+
+def test_attack_kinds_match_the_attack_registry():
+    from rkd.attacks import ATTACK_KINDS
+    from rkd.config.schema import ATTACK_KINDS as CONFIG_KINDS
+    from rkd.config.schema import AttackConfig
+
+    assert set(CONFIG_KINDS) == set(ATTACK_KINDS) == set(AttackConfig.KEYS_BY_KIND)
+
+
 def test_method_specific_keys_are_checked(tmp_path):
     path = write(tmp_path, "bad.yaml", {"method": {"name": "trades", "beta": -2}})
     with pytest.raises(ConfigError) as info:

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from mlflow import MlflowClient
+
 from rkd.config import load_config
 from rkd.engine import Callback, CheckpointError, EpochShuffleSampler, atomic_torch_save, verified_torch_load
 from rkd.experiment import run_experiment
@@ -23,6 +25,14 @@ class StopAfter(Callback):
             raise KeyboardInterrupt("simulated crash")
 
 
+class LrRecorder(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_batch_end(self, trainer, step, terms):
+        self.lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+
 def _weights(run_dir):
     return verified_torch_load(run_dir / "model.pt")
 
@@ -37,6 +47,8 @@ def test_resume_mid_run_matches_uninterrupted(tmp_path, tiny_overrides):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, run_dir=tmp_path / "split", callbacks=[StopAfter(2)])
     assert not (tmp_path / "split" / "model.pt").exists()
+    crashed = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert crashed["status"] == "FAILED"
     resumed = run_experiment(cfg, run_dir=tmp_path / "split", resume=True)
 
     a, b = _weights(full.run_dir), _weights(resumed.run_dir)
@@ -45,8 +57,13 @@ def test_resume_mid_run_matches_uninterrupted(tmp_path, tiny_overrides):
         assert torch.equal(a[k], b[k]), k
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], abs=0)
-    # the resumed run is the same MLflow run, ended FINISHED
-    assert resumed.mlflow_run_id == json.loads((tmp_path / "split" / "run.json").read_text())["mlflow_run_id"]
+    # the resumed run is the crashed run's MLflow run, now FINISHED: one run, not two
+    assert resumed.mlflow_run_id == crashed["mlflow_run_id"]
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    assert client.get_run(resumed.mlflow_run_id).info.status == "FINISHED"
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    assert len(client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'digits-adversarial'")) == 2
+    assert [m.step for m in client.get_metric_history(resumed.mlflow_run_id, "train_loss")] == [1, 2, 3, 4]
 
 
 def test_checkpoint_corruption_is_detected(tmp_path):
@@ -96,8 +113,35 @@ def test_epoch_sampler_depends_only_on_seed_and_epoch():
 def test_training_reduces_loss_and_schedule_ends_at_zero(tmp_path, tiny_overrides):
     cfg = load_config("preset:digits_standard", tiny_overrides + ["train.epochs=4", "eval.enabled=false",
                                                                    "data.limit_train=128", "train.lr=0.05"])
-    out = run_experiment(cfg, run_dir=tmp_path / "r")
+    rec = LrRecorder()
+    out = run_experiment(cfg, run_dir=tmp_path / "r", callbacks=[rec])
     losses = [h["train_loss"] for h in out.history]
     assert losses[-1] < losses[0]
-    assert out.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to zero over all iterations
+    assert rec.lrs[-1] == pytest.approx(0.0, abs=1e-9)  # cosine to zero over all iterations
+    assert all(a >= b for a, b in zip(rec.lrs, rec.lrs[1:]))
     assert all("val_acc" in h for h in out.history)
+
+
+def test_step_schedule_decays_at_the_epoch_milestone_and_amp_runs(tmp_path, tiny_overrides):
+    cfg = load_config("preset:digits_standard", tiny_overrides + [
+        "train.epochs=3", "train.amp=true", "train.schedule=step", "train.milestones=[2]", "train.lr_decay=0.5",
+        "eval.enabled=false", "train.grad_clip=1.0", "data.limit_train=64", "data.batch_size=16"])
+    rec = LrRecorder()
+    out = run_experiment(cfg, run_dir=tmp_path / "r", callbacks=[rec])
+    lr = cfg.train.lr  # the LR in force *after* each of the 12 steps (4 per epoch)
+    assert rec.lrs == pytest.approx([lr] * 7 + [lr * 0.5] * 5)
+    assert [h["lr"] for h in out.history] == pytest.approx([lr, lr, lr * 0.5])  # LR the epoch trained at
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in out.history)
+
+
+def test_a_used_run_dir_is_refused_and_a_corrupt_checkpoint_skipped(tmp_path, tiny_overrides):
+    cfg = load_config("preset:digits_standard", tiny_overrides + ["eval.enabled=false", "train.epochs=3"])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, run_dir=tmp_path / "r", callbacks=[StopAfter(2)])
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_experiment(cfg, run_dir=tmp_path / "r")
+    newest = tmp_path / "r" / "checkpoints" / "epoch_0002.pt"
+    newest.write_bytes(newest.read_bytes()[:-10])  # truncate the newest checkpoint
+    with pytest.warns(UserWarning, match="corrupt"):
+        out = run_experiment(cfg, run_dir=tmp_path / "r", resume=True)
+    assert [h["epoch"] for h in out.history] == [1, 2, 3]  # epoch 2 re-run from epoch 1's checkpoint

@@ -103,3 +103,44 @@ def test_every_attack_kind_runs_from_config(setup):
     assert [a["kind"] for a in res["attacks"]] == ["mifgsm", "cw", "autoattack", "jitter", "square", "pgd"]
     for a in res["attacks"]:
         assert 0.0 <= a["accuracy"] <= res["clean_accuracy"]
+
+
+class _FlipWrongToRight(nn.Module):
+    """Predicts class 0 for clean images and the true class once an attack perturbed them;
+    labels are all 1, so clean accuracy is 0 and a 'repairing' attack must not count."""
+
+    def forward(self, x):
+        perturbed = (x.flatten(1) % (1 / 64)).abs().sum(1) > 0  # clean test pixels are multiples of 1/64
+        logits = torch.zeros(x.shape[0], 2)
+        logits[perturbed, 1] = 1.0
+        logits[~perturbed, 0] = 1.0
+        return logits
+
+
+def test_a_sample_wrong_on_clean_input_never_counts_as_robust():
+    from rkd.evaluation import accuracy
+
+    x = torch.full((4, 3, 4, 4), 0.5)
+    y = torch.ones(4, dtype=torch.long)
+    loader = [(x, y)]
+    model = _FlipWrongToRight()
+    assert accuracy(model, loader, "cpu") == 0.0
+    nudge = lambda m, x, y: (x + 0.001).clamp(0, 1)  # noqa: E731 - "repairs" every prediction
+    assert (model(nudge(model, x, y)).argmax(1) == y).all()
+    assert accuracy(model, loader, "cpu", nudge) == 0.0
+
+
+def test_evaluation_runs_in_eval_mode_and_restores_mode():
+    test = make_synthetic(False, n_test=64, seed=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dropout(0.5), nn.LazyLinear(10))
+    model(torch.rand(2, 3, 32, 32))
+    model.train()
+    cfg = load_config(None, ["eval.attacks=[{kind: pgd, eps: 2/255, steps: 2}]"]).eval
+    first = evaluate(model, test, cfg, device="cpu")
+    second = evaluate(model, test, cfg, device="cpu")
+    assert model.training  # restored
+    assert first["clean_accuracy"] == second["clean_accuracy"]  # dropout off, BN statistics frozen
+    assert first["attacks"][0]["accuracy"] == second["attacks"][0]["accuracy"]
+    assert first["attacks"][0]["step_size"] == pytest.approx(2.5 * (2 / 255) / 2)
+    assert first["attacks"][0]["params"]["random_start"] is True

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rkd.config import load_config
+from rkd.config.schema import TradesAttackConfig, TrainAttackConfig
 from rkd.methods import AdversarialTraining, Method, StandardTraining, StepOutput, Trades, build_method, freeze
 from rkd.models import create_model
 
@@ -34,7 +35,7 @@ def test_standard_is_cross_entropy(model, batch):
 def test_adversarial_training_uses_worst_case_examples(model, batch):
     x, y = batch
     model.eval()  # fixed BN so clean and adversarial losses are comparable
-    m = AdversarialTraining(model, norm="linf", eps=8 / 255, steps=5, mode="eval")
+    m = AdversarialTraining(model, TrainAttackConfig(norm="linf", eps=8 / 255, steps=5, mode="eval"))
     m.model.eval()
     out = m.training_step(x, y)
     assert set(out.terms) == {"loss", "ce_adv"}
@@ -47,30 +48,59 @@ def test_adversarial_attack_mode_option(model, batch):
     x, y = batch
     seen = []
     hook = model.register_forward_pre_hook(lambda mod, inp: seen.append(mod.training))
-    m = AdversarialTraining(model, steps=2, mode="eval").train()
+    m = AdversarialTraining(model, TrainAttackConfig(steps=2, mode="eval")).train()
     m.training_step(x, y)
     hook.remove()
     assert seen == [False, False, True]  # 2 attack steps in eval mode, the update in train mode
 
 
-def test_trades_beta_zero_is_clean_ce_and_kl_nonnegative(model, batch):
+def test_trades_loss_terms(model, batch):
     x, y = batch
     torch.manual_seed(1)
-    out0 = Trades(model, beta=0.0, steps=2).train().training_step(x, y)
-    assert out0.loss.item() == pytest.approx(out0.terms["ce"].item())
-    torch.manual_seed(1)
-    out = Trades(model, beta=6.0, steps=2).train().training_step(x, y)
-    assert out.terms["kl"].item() >= 0
+    out = Trades(model, beta=6.0, attack=TradesAttackConfig(steps=2)).train().training_step(x, y)
+    assert set(out.terms) == {"loss", "ce", "kl"} and out.terms["kl"].item() >= 0
     assert out.loss.item() == pytest.approx(out.terms["ce"].item() + 6.0 * out.terms["kl"].item(), rel=1e-5)
+
+
+def test_trades_attack_maximises_kl_in_eval_mode(model, batch):
+    x, _ = batch
+    m = build_method(load_config("preset:digits_trades").method, model).train()
+    seen = []
+    hook = model.register_forward_pre_hook(lambda mod, inp: seen.append(mod.training))
+    torch.manual_seed(0)
+    x_adv = m.adversarial_examples(x)
+    hook.remove()
+    assert seen and not any(seen)  # every forward of the inner maximisation in eval mode
+    assert model.training  # and the mode restored for the update
+    assert (x_adv - x).abs().max().item() <= 8 / 255 + 1e-6
+    model.eval()
+    with torch.no_grad():
+        p = F.softmax(model(x), 1)
+        kl_adv = F.kl_div(F.log_softmax(model(x_adv), 1), p, reduction="batchmean").item()
+        kl_noise = F.kl_div(F.log_softmax(model((x + 0.001 * torch.randn_like(x)).clamp(0, 1)), 1), p,
+                            reduction="batchmean").item()
+    assert kl_adv > 10 * kl_noise  # the attack moved far beyond its 0.001-noise start
+
+
+def test_attacks_run_without_autocast(model, batch):
+    x, y = batch
+    dtypes = []
+    hook = model.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    m = AdversarialTraining(model, TrainAttackConfig(steps=2)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m.training_step(x, y)
+    hook.remove()
+    assert dtypes[:2] == [torch.float32, torch.float32]  # the two attack steps: full precision
+    assert dtypes[2] == torch.bfloat16  # the update's forward keeps AMP
 
 
 def test_build_method_from_config(model):
     cfg = load_config(None, ["method.name=trades", "method.beta=3", "method.attack.eps=4/255"])
     m = build_method(cfg.method, model)
-    assert isinstance(m, Trades) and m.beta == 3.0 and m.attack["eps"] == pytest.approx(4 / 255)
+    assert isinstance(m, Trades) and m.beta == 3.0 and m.attack.eps == pytest.approx(4 / 255)
     cfg = load_config(None, ["method.name=adversarial", "method.attack.norm=l2", "method.attack.eps=0.5"])
     m = build_method(cfg.method, model)
-    assert isinstance(m, AdversarialTraining) and m.attack["norm"] == "l2"
+    assert isinstance(m, AdversarialTraining) and m.attack.norm == "l2"
 
 
 class _WithTeacher(Method):

@@ -28,6 +28,8 @@ from typing import Iterator, Optional
 import torch
 import torch.nn as nn
 
+from .pgd import default_step_size
+
 __all__ = ["autoattack", "cw", "jitter", "square", "preserve_model_state"]
 
 
@@ -165,7 +167,7 @@ def jitter(
     import torchattacks
 
     if alpha is None:
-        alpha = 2.5 * eps / steps
+        alpha = default_step_size("linf", eps, steps)
     with preserve_model_state(model, x, fork_rng=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

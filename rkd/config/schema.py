@@ -16,7 +16,7 @@ Top level::
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -28,9 +28,10 @@ ATTACK_KINDS = ("fgsm", "pgd", "mifgsm", "cw", "autoattack", "jitter", "square")
 
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors, assignments are re-validated."""
+    """Base: unknown keys are errors, no type coercion (``epochs: true`` or ``lr: "0.1"`` are
+    errors; paper-notation floats like ``8/255`` are parsed explicitly), assignments re-validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 # --------------------------------------------------------------------------------------- data
@@ -63,30 +64,48 @@ class DataConfig(Strict):
 
 # -------------------------------------------------------------------------------------- model
 class ModelConfig(Strict):
+    """Architecture and size knobs; only the knobs an architecture takes may be set
+    (checked when the model is built, before any data is loaded)."""
+
     arch: str = "resnet18"
-    width: Annotated[int, Field(gt=0)] = 64
+    width: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="base channels (ResNet 64, WRN 16)")
     layers: Optional[list[Annotated[int, Field(gt=0)]]] = Field(
         None, description="blocks per stage (ResNet); None = the architecture's own"
     )
     depth: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="WideResNet depth (6n+4)")
     widen_factor: Optional[Annotated[int, Field(gt=0)]] = None
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    weights_path: Optional[str] = None
+    dropout: Optional[Annotated[float, Field(ge=0, lt=1)]] = Field(None, description="dropout inside WRN blocks")
+    drop_rate: Optional[Annotated[float, Field(ge=0, lt=1)]] = Field(None, description="dropout before the head")
+    weights_path: Optional[str] = Field(None, description="local state_dict for the torchvision models")
+    pretrained: Optional[bool] = Field(None, description="torchvision ImageNet weights (needs internet or cache)")
 
     @model_validator(mode="after")
-    def _known_arch(self):
-        from rkd.models import list_models  # lazy: config is the lowest layer
+    def _known_arch_and_knobs(self):
+        # The model registry is the one place that knows the architectures; it is imported
+        # lazily so that loading the config layer stays light (no torch until validation).
+        import re
+
+        import torch
+
+        from rkd.models import create_model, list_models
 
         if self.arch not in list_models():
             raise ValueError(f"unknown arch {self.arch!r}; valid: {', '.join(sorted(list_models()))}")
+        structural = {k: v for k, v in self.kwargs().items() if k not in ("weights_path", "pretrained")}
+        try:
+            with torch.device("meta"):  # builds the module graph without allocating weights
+                create_model(self.arch, **structural)
+        except TypeError as exc:
+            m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            key = f"model.{m.group(1)}" if m else "model"
+            raise ValueError(f"{self.arch} does not take {key} ({exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"{self.arch}: {exc}") from None
         return self
 
     def kwargs(self) -> dict:
         """Keyword arguments for :func:`rkd.models.create_model` (only the ones that are set)."""
-        out = {"width": self.width, "layers": self.layers, "depth": self.depth,
-               "widen_factor": self.widen_factor, "dropout": self.dropout,
-               "weights_path": self.weights_path}
-        return {k: v for k, v in out.items() if v is not None and not (k == "dropout" and v == 0.0)}
+        return {k: v for k, v in self.model_dump(exclude={"arch"}).items() if v is not None}
 
 
 # ------------------------------------------------------------------------------------ attacks
@@ -110,8 +129,25 @@ class AttackConfig(Strict):
     n_queries: Annotated[int, Field(gt=0)] = 1000
     version: Literal["standard", "plus", "rand"] = "standard"
 
+    #: keys that mean something for each kind (besides kind, name, eps)
+    KEYS_BY_KIND: ClassVar[dict[str, set[str]]] = {
+        "fgsm": {"norm"},
+        "pgd": {"norm", "steps", "step_size", "restarts", "random_start"},
+        "mifgsm": {"norm", "steps"},
+        "cw": {"c", "kappa", "steps", "lr"},
+        "autoattack": {"norm", "version"},
+        "jitter": {"norm", "steps", "step_size"},
+        "square": {"norm", "n_queries"},
+    }
+
     @model_validator(mode="after")
     def _consistent(self):
+        # a key that does not apply to this kind must keep its default (a dumped, fully
+        # resolved config spells every key out, so "set" alone cannot be the test)
+        unused = sorted(k for k in self.model_fields_set - {"kind", "name", "eps"} - self.KEYS_BY_KIND[self.kind]
+                        if getattr(self, k) != type(self).model_fields[k].default)
+        if unused:
+            raise ValueError(f"{', '.join(unused)} do(es) not apply to a {self.kind} attack")
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"Linf eps {self.eps} is larger than the [0,1] pixel range; write e.g. 8/255")
         if self.kind in ("fgsm", "mifgsm", "jitter") and self.norm != "linf":
@@ -153,12 +189,13 @@ class AttackConfig(Strict):
 
 
 class TrainAttackConfig(Strict):
-    """The inner maximisation used while training (adversarial training, TRADES)."""
+    """The inner maximisation of adversarial training (Madry et al.: PGD from a random start,
+    attack run in the model's train mode as in Madry's and Rice et al.'s code)."""
 
     norm: Literal[NORMS] = "linf"  # type: ignore[valid-type]
     eps: Annotated[Number, Field(gt=0)] = 8 / 255
     steps: Annotated[int, Field(ge=1)] = 7
-    step_size: Optional[Annotated[Number, Field(gt=0)]] = None
+    step_size: Optional[Annotated[Number, Field(gt=0)]] = Field(None, description="default 2.5*eps/steps")
     random_start: bool = True
     mode: Literal["train", "eval"] = Field(
         "train", description="model mode while the attack runs (BatchNorm statistics)"
@@ -168,6 +205,19 @@ class TrainAttackConfig(Strict):
     def _range(self):
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"Linf eps {self.eps} is larger than the [0,1] pixel range; write e.g. 8/255")
+        return self
+
+
+class TradesAttackConfig(TrainAttackConfig):
+    """TRADES' inner maximisation of KL(f(x') || f(x)), as in the authors' code: eval mode,
+    start at x + 0.001 * N(0, 1) (a start exactly at x has zero KL gradient)."""
+
+    mode: Literal["train", "eval"] = "eval"
+
+    @model_validator(mode="after")
+    def _needs_start(self):
+        if not self.random_start:
+            raise ValueError("TRADES needs its random start: at x itself the KL gradient is zero")
         return self
 
 
@@ -182,7 +232,7 @@ class AdversarialMethod(Strict):
     """Madry et al. PGD adversarial training: CE on the PGD examples."""
 
     name: Literal["adversarial"]
-    attack: TrainAttackConfig = TrainAttackConfig()
+    attack: TrainAttackConfig = Field(default_factory=TrainAttackConfig)
 
 
 class TradesMethod(Strict):
@@ -190,7 +240,7 @@ class TradesMethod(Strict):
 
     name: Literal["trades"]
     beta: Annotated[Number, Field(ge=0)] = 6.0
-    attack: TrainAttackConfig = TrainAttackConfig(mode="eval")
+    attack: TradesAttackConfig = Field(default_factory=TradesAttackConfig)
 
 
 MethodConfig = Annotated[
@@ -229,6 +279,8 @@ class TrainConfig(Strict):
             raise ValueError(f"train.milestones {self.milestones} lie beyond train.epochs={self.epochs}")
         if self.warmup_epochs >= self.epochs:
             raise ValueError("train.warmup_epochs must be smaller than train.epochs")
+        if any(m <= self.warmup_epochs for m in self.milestones):
+            raise ValueError(f"train.milestones {self.milestones} must come after the warm-up ({self.warmup_epochs} epochs)")
         if self.nesterov and self.optimizer != "sgd":
             raise ValueError("nesterov applies to optimizer 'sgd' only")
         return self

@@ -1,6 +1,6 @@
 """Training loop, callbacks, checkpoints, optimiser/schedule."""
 
-from rkd.engine.callbacks import Callback, CheckpointCallback, HistoryCallback, ProgressCallback, latest_checkpoint
+from rkd.engine.callbacks import Callback, CheckpointCallback, HistoryCallback, ProgressCallback, latest_checkpoint, list_checkpoints
 from rkd.engine.checkpoint import (
     CheckpointError,
     atomic_torch_save,
@@ -12,5 +12,5 @@ from rkd.engine.sampler import EpochShuffleSampler
 from rkd.engine.trainer import Trainer
 
 __all__ = ["Callback", "CheckpointCallback", "CheckpointError", "EpochShuffleSampler", "HistoryCallback",
-           "ProgressCallback", "Trainer", "atomic_torch_save", "latest_checkpoint", "seed_everything",
+           "ProgressCallback", "Trainer", "atomic_torch_save", "latest_checkpoint", "list_checkpoints", "seed_everything",
            "sha256_file", "verified_torch_load"]

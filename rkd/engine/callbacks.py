@@ -29,6 +29,8 @@ class ProgressCallback(Callback):
         self.mode, self.desc, self.bar = mode, desc, None
 
     def on_epoch_start(self, trainer, epoch):
+        if trainer.rank != 0:
+            return
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
@@ -45,7 +47,7 @@ class ProgressCallback(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.mode != "none":
+        if self.mode != "none" and trainer.rank == 0:
             text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             print(f"[{self.desc}] epoch {epoch + 1}/{trainer.epochs} {text}", file=sys.stderr, flush=True)
 
@@ -77,6 +79,11 @@ class CheckpointCallback(Callback):
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
 
 
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """``epoch_*.pt`` files in ``directory``, oldest first."""
+    return sorted(Path(directory).glob("epoch_*.pt"))
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    found = sorted(Path(directory).glob("epoch_*.pt"))
+    found = list_checkpoints(directory)
     return found[-1] if found else None

@@ -101,8 +101,11 @@ class Trainer:
         return atomic_torch_save(self.state_dict(), path)
 
     def resume(self, path: str | Path) -> None:
-        """Load a checkpoint (checksum-verified) and continue after its epoch."""
-        self.load_state_dict(verified_torch_load(path, map_location=self.device))
+        """Load a checkpoint (checksum-verified) and continue after its epoch.
+
+        Loaded on CPU: RNG states must stay CPU tensors; model and optimiser states are moved
+        to their parameters' device by ``load_state_dict``."""
+        self.load_state_dict(verified_torch_load(path, map_location="cpu"))
 
     # -------------------------------------------------------------------------------- loop
     def _call(self, hook: str, *args) -> None:
@@ -113,6 +116,7 @@ class Trainer:
         self.method.train()
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+        lr_at_start = self.optimizer.param_groups[0]["lr"]
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
         seen = 0
@@ -140,7 +144,7 @@ class Trainer:
         metrics = {f"train_{k}": (v / max(seen, 1)).item() for k, v in sums.items()}
         if seen:
             metrics["train_acc"] = correct.item() / seen
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["lr"] = lr_at_start  # the LR of the epoch's first step (per-iteration schedule)
         return metrics
 
     def fit(self) -> list[dict]:

@@ -9,10 +9,11 @@ Schema ``rkd.results/1``::
       "clean_accuracy": float,            # in [0, 1]
       "attacks": [                        # one per attack, in config order
         {"name": "PGD-7 Linf 8/255", "kind": "pgd", "norm": "linf"|"l2", "eps": float,
-         "eps_label": "8/255", "steps": int|null, "step_size": float|null (null = default
-         2.5*eps/steps), "restarts": int|null, "protocol": "white-box"|"transfer",
-         "source_model": str|null (transfer: the model the attack ran on),
-         "accuracy": float, "wall_time_s": float}
+         "eps_label": "8/255", "steps": int|null, "step_size": float|null (the step actually
+         used: FGSM eps, MI-FGSM eps/steps, PGD 2.5*eps/steps unless set), "restarts": int|null,
+         "protocol": "white-box"|"transfer", "source_model": str|null (transfer: the model the
+         attack ran on), "accuracy": float (correct on the clean AND the attacked image),
+         "wall_time_s": float, "params": {every parameter the attack ran with}}
       ],
       "step_sweep": null | {"norm", "eps", "eps_label",
                             "points": [{"steps", "step_size", "accuracy", "wall_time_s"}]},

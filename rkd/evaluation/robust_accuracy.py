@@ -1,8 +1,14 @@
 """Robust accuracy: clean accuracy, a grid of attacks, and a PGD step-count sweep.
 
 Every attack runs on the model in eval mode (restored afterwards), on the same deterministic
-test subset, with the torch RNG seeded per attack so random starts are reproducible. All
-attacks are white-box against the evaluated model here (protocol ``white-box``); other
+test subset, with the torch RNG seeded per attack so random starts are reproducible.
+
+Robust accuracy counts a sample only if the model classifies it correctly both clean and
+attacked (the AutoAttack / RobustBench convention). An attack's last iterate can land on a
+correctly classified point for a sample that was wrong to begin with (common with FGSM on
+robust models); counting those would report robust accuracy above clean accuracy.
+
+All attacks here are white-box against the evaluated model (protocol ``white-box``); other
 protocols (e.g. MACD's transfer protocol) add entries with their own ``protocol`` label.
 """
 
@@ -15,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from rkd.attacks import build_attack, pgd
+from rkd.attacks import build_attack, default_step_size, pgd
 from rkd.config.numbers import format_eps
 from rkd.config.schema import AttackConfig, EvalConfig
 from rkd.data.loader import make_loader
@@ -35,7 +41,8 @@ def eval_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
 
 
 def accuracy(model: nn.Module, loader: DataLoader, device, attack: AttackFn | None = None) -> float:
-    """Top-1 accuracy of ``model`` on ``loader``, on ``attack(model, x, y)`` if given."""
+    """Top-1 accuracy of ``model`` (in eval mode) on ``loader``; with ``attack``, the fraction
+    of samples classified correctly both clean and on ``attack(model, x, y)``."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=device)
@@ -43,24 +50,40 @@ def accuracy(model: nn.Module, loader: DataLoader, device, attack: AttackFn | No
     try:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            if attack is not None:
-                x = attack(model, x, y)
             with torch.no_grad():
-                correct += (model(x).argmax(1) == y).sum()
+                ok = model(x).argmax(1) == y
+            if attack is not None:
+                x_adv = attack(model, x, y)
+                with torch.no_grad():
+                    ok &= model(x_adv).argmax(1) == y
+            correct += ok.sum()
             total += y.shape[0]
     finally:
         model.train(was_training)
     return correct.item() / max(total, 1)
 
 
+def resolved_step_size(a: AttackConfig) -> float | None:
+    """The step size the attack actually uses (None where the notion does not apply)."""
+    if a.kind == "fgsm":
+        return a.eps
+    if a.kind == "mifgsm":
+        return a.eps / a.steps if a.steps else None
+    if a.kind in ("pgd", "jitter"):
+        return a.step_size if a.step_size is not None else default_step_size(a.norm, a.eps, a.steps)
+    return None
+
+
 def attack_entry(cfg: AttackConfig, acc: float, seconds: float, protocol: str = "white-box",
-                 source: str | None = None) -> dict:
+                 source: str | None = None, params: dict | None = None) -> dict:
     """One ``attacks[]`` entry of results.json (see rkd.evaluation.results for the schema)."""
     return {
         "name": cfg.label, "kind": cfg.kind, "norm": cfg.norm, "eps": cfg.eps,
-        "eps_label": format_eps(cfg.eps, cfg.norm), "steps": cfg.steps if cfg.kind in ("pgd", "mifgsm", "cw", "jitter") else (1 if cfg.kind == "fgsm" else None),
-        "step_size": cfg.step_size, "restarts": cfg.restarts if cfg.kind == "pgd" else None,
+        "eps_label": format_eps(cfg.eps, cfg.norm),
+        "steps": 1 if cfg.kind == "fgsm" else (None if cfg.kind in ("autoattack", "square") else cfg.steps),
+        "step_size": resolved_step_size(cfg), "restarts": cfg.restarts if cfg.kind == "pgd" else None,
         "protocol": protocol, "source_model": source, "accuracy": acc, "wall_time_s": seconds,
+        "params": params if params is not None else cfg.attack_params(),
     }
 
 
@@ -80,7 +103,7 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
         fn = build_attack(a.kind, **params)
         t0 = time.perf_counter()
         acc = accuracy(model, loader, device, fn)
-        entries.append(attack_entry(a, acc, time.perf_counter() - t0))
+        entries.append(attack_entry(a, acc, time.perf_counter() - t0, params=fn.describe()))
     out["attacks"] = entries
     out["step_sweep"] = step_sweep(model, loader, cfg, device) if cfg.step_sweep else None
     out["eval_wall_time_s"] = time.perf_counter() - t_start
@@ -100,7 +123,7 @@ def step_sweep(model: nn.Module, loader: DataLoader, cfg: EvalConfig, device) ->
     points = []
     for k in sw.steps:
         torch.manual_seed(cfg.seed)
-        size = sw.step_size if sw.step_size is not None else (2.5 * sw.eps / k if k else None)
+        size = sw.step_size if sw.step_size is not None else (default_step_size(sw.norm, sw.eps, k) if k else None)
 
         def fn(m, x, y, k=k, size=size):
             return pgd(m, x, y, norm=sw.norm, eps=sw.eps, steps=k, step_size=size) if k else x

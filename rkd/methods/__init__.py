@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from rkd.methods.adversarial import AdversarialTraining
-from rkd.methods.base import Method, StepOutput, freeze, model_mode
+from rkd.methods.base import Method, StepOutput, attack_mode, freeze
 from rkd.methods.standard import StandardTraining
 from rkd.methods.trades import Trades
 
@@ -15,11 +15,11 @@ def build_method(cfg, model: nn.Module) -> Method:
     if cfg.name == "standard":
         return StandardTraining(model)
     if cfg.name == "adversarial":
-        return AdversarialTraining(model, **cfg.attack.model_dump())
+        return AdversarialTraining(model, cfg.attack)
     if cfg.name == "trades":
-        return Trades(model, beta=cfg.beta, **cfg.attack.model_dump())
+        return Trades(model, beta=cfg.beta, attack=cfg.attack)
     raise ValueError(f"unknown method {cfg.name!r}")
 
 
 __all__ = ["AdversarialTraining", "Method", "StandardTraining", "StepOutput", "Trades",
-           "build_method", "freeze", "model_mode"]
+           "attack_mode", "build_method", "freeze"]

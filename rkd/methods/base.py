@@ -8,6 +8,7 @@ neither optimised, checkpointed nor switched to train mode.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -81,17 +82,16 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-class model_mode:
-    """Context manager: put ``model`` in train (True) or eval (False) mode, restore on exit."""
-
-    def __init__(self, model: nn.Module, training: bool):
-        self.model, self.training = model, training
-
-    def __enter__(self):
-        self.saved = self.model.training
-        self.model.train(self.training)
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.train(self.saved)
-        return False
+@contextmanager
+def attack_mode(model: nn.Module, training: bool):
+    """Context for an inner attack during training: the model in train (True) or eval (False)
+    mode, restored on exit, and autocast disabled. Under fp16 autocast the input gradients of a
+    PGD step can underflow to zero (sign(0) = 0 = no step) and silently weaken the attack, so
+    attacks always run in full precision; the update's forward pass keeps AMP."""
+    saved = model.training
+    model.train(training)
+    try:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield model
+    finally:
+        model.train(saved)

@@ -1,7 +1,8 @@
 """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x_adv) || f(x)).
 
 As in the authors' code: the inner maximisation of KL starts at ``x + 0.001 * N(0, 1)`` and runs
-in eval mode; the KL is summed and divided by the batch size (``batchmean``).
+in eval mode (``attack.mode``, :class:`rkd.config.schema.TradesAttackConfig`); the KL of the
+outer loss is summed and divided by the batch size (``batchmean``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from rkd.attacks import pgd
-from rkd.methods.base import Method, StepOutput, model_mode
+from rkd.config.schema import TradesAttackConfig
+from rkd.methods.base import Method, StepOutput, attack_mode
 
 
 def _kl_to(p_clean: torch.Tensor):
     def loss(logits_adv: torch.Tensor, _y) -> torch.Tensor:
-        return F.kl_div(F.log_softmax(logits_adv, dim=1), p_clean, reduction="sum")
+        return F.kl_div(F.log_softmax(logits_adv, dim=1), p_clean, reduction="none").sum(dim=1)
 
     return loss
 
@@ -23,21 +25,23 @@ def _kl_to(p_clean: torch.Tensor):
 class Trades(Method):
     name = "trades"
 
-    def __init__(self, model, *, beta=6.0, norm="linf", eps=8 / 255, steps=10, step_size=None,
-                 random_start=True, mode="eval"):
+    def __init__(self, model, beta: float = 6.0, attack: TradesAttackConfig | None = None):
         super().__init__(model)
         self.beta = beta
-        self.attack = dict(norm=norm, eps=eps, steps=steps, step_size=step_size)
-        self.random_start = random_start
-        self.attack_in_train_mode = mode == "train"
+        self.attack = attack or TradesAttackConfig()
 
-    def training_step(self, x, y) -> StepOutput:
-        with model_mode(self.model, self.attack_in_train_mode and self.training):
+    def adversarial_examples(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_{x' in ball} KL(f(x') || f(x)), from x + 0.001 * N(0, 1)."""
+        a = self.attack
+        with attack_mode(self.model, a.mode == "train" and self.training):
             with torch.no_grad():
                 p_clean = F.softmax(self.model(x), dim=1)
-            start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1) if self.random_start else x
-            x_adv = pgd(self.model, x, y, **self.attack, random_start=False, x_init=start,
-                        loss_fn=_kl_to(p_clean))
+            start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+            return pgd(self.model, x, p_clean, norm=a.norm, eps=a.eps, steps=a.steps, step_size=a.step_size,
+                       random_start=False, x_init=start, loss_fn=_kl_to(p_clean))
+
+    def training_step(self, x, y) -> StepOutput:
+        x_adv = self.adversarial_examples(x)
         logits = self.model(x)
         logits_adv = self.model(x_adv)
         ce = F.cross_entropy(logits, y)

@@ -93,12 +93,13 @@ class InputNormalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
-        if mean_t.numel() != std_t.numel():
-            raise ValueError(f"mean has {mean_t.numel()} values but std has {std_t.numel()}")
-        if bool((std_t <= 0).any()):
-            raise ValueError(f"std must be positive, got {list(std)}")
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+        if len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
+        if any(v <= 0 for v in std):  # checked on Python floats: works on the meta device too
+            raise ValueError(f"std must be positive, got {std}")
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 
