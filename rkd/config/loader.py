@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from rkd.config.errors import ConfigError
-from rkd.config.schema import ExperimentConfig
+from rkd.config.schema import METHOD_NAMES, ExperimentConfig
 
 PRESET_PREFIX = "preset:"
 
@@ -145,16 +145,10 @@ def _format_loc(loc: tuple) -> str:
     # pydantic puts the discriminator value into the path of union members: drop it.
     parts = []
     for i, p in enumerate(loc):
-        if i > 0 and loc[i - 1] == "method" and isinstance(p, str) and p in _method_names():
+        if i > 0 and loc[i - 1] == "method" and isinstance(p, str) and p in METHOD_NAMES:
             continue
         parts.append(str(p))
     return ".".join(parts)
-
-
-def _method_names() -> tuple[str, ...]:
-    from rkd.config.schema import METHOD_NAMES
-
-    return METHOD_NAMES
 
 
 def validate(data: dict, source: str) -> ExperimentConfig:
