@@ -113,14 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rkd: {exc}", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError) as exc:
-        from rkd.data import DatasetNotFoundError
-        from rkd.engine import CheckpointError
+    except (FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        from rkd.engine import CheckpointError  # lazy: keeps `rkd --help` free of torch
 
-        if isinstance(exc, (DatasetNotFoundError, CheckpointError, FileNotFoundError, FileExistsError)):
-            print(f"rkd: {exc}", file=sys.stderr)
-            return 1
-        raise
+        # missing dataset (DatasetNotFoundError is a FileNotFoundError), nothing to resume,
+        # a used run directory, an unusable checkpoint: user errors, not tracebacks
+        if isinstance(exc, RuntimeError) and not isinstance(exc, CheckpointError):
+            raise
+        print(f"rkd: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,6 +29,15 @@ def _key(preset: str) -> str:
     return preset.split("_", 1)[-1]
 
 
+def _split_override(item: str) -> tuple[str | None, str]:
+    """``"adversarial:a.b=1"`` -> ``("adversarial", "a.b=1")``; ``"a.b=1"`` -> ``(None, "a.b=1")``."""
+    key = item.split("=", 1)[0]
+    if ":" in key:
+        target, rest = item.split(":", 1)
+        return target, rest
+    return None, item
+
+
 def method_keys() -> list[str]:
     """Short names of the quickstart methods (``standard``, ``adversarial``, ...)."""
     return [_key(p) for _, p in QUICKSTART_METHODS]
@@ -43,18 +52,16 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     and validated before the first run starts.
     """
     keys = method_keys()
-    overrides = list(overrides)
-    for o in overrides:
-        prefix = o.split("=", 1)[0]
-        if ":" in prefix and prefix.split(":", 1)[0] not in keys:
-            raise ValueError(f"override {o!r}: unknown quickstart method {prefix.split(':', 1)[0]!r}; choose from {keys}")
+    targeted = [_split_override(o) for o in overrides]  # (method or None, key=value)
+    for (target, _), o in zip(targeted, overrides):
+        if target is not None and target not in keys:
+            raise ValueError(f"override {o!r}: unknown quickstart method {target!r}; choose from {keys}")
     chosen = [(label, preset) for label, preset in QUICKSTART_METHODS if only is None or _key(preset) in set(only)]
     if not chosen:
         raise ValueError(f"no quickstart method matches {list(only or [])}; choose from {keys}")
     configs = []
     for label, preset in chosen:
-        mine = [o.split(":", 1)[1] if ":" in o.split("=", 1)[0] else o for o in overrides
-                if ":" not in o.split("=", 1)[0] or o.split(":", 1)[0] == _key(preset)]
+        mine = [o for target, o in targeted if target in (None, _key(preset))]
         configs.append((label, load_config(preset, mine + [f"output_dir={output_dir}"])))
     qdir = unique_dir(output_dir, "quickstart")
     tracking: TrackingConfig = configs[0][1].tracking

@@ -28,8 +28,9 @@ ATTACK_KINDS = ("fgsm", "pgd", "mifgsm", "cw", "autoattack", "jitter", "square")
 
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors, no type coercion (``epochs: true`` or ``lr: "0.1"`` are
-    errors; paper-notation floats like ``8/255`` are parsed explicitly), assignments re-validated."""
+    """Base: unknown keys are errors, no type coercion (``epochs: true`` or ``epochs: "3"`` are
+    errors; only float fields parse strings, for paper notation like ``8/255`` or ``5e-4``),
+    assignments re-validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
@@ -64,8 +65,8 @@ class DataConfig(Strict):
 
 # -------------------------------------------------------------------------------------- model
 class ModelConfig(Strict):
-    """Architecture and size knobs; only the knobs an architecture takes may be set
-    (checked when the model is built, before any data is loaded)."""
+    """Architecture and size knobs; only the knobs an architecture takes may be set (checked
+    at validation by building the model on the meta device, which allocates no weights)."""
 
     arch: str = "resnet18"
     width: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="base channels (ResNet 64, WRN 16)")
