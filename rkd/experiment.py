@@ -42,8 +42,9 @@ from rkd.engine import (
 from rkd.evaluation import accuracy, evaluate, make_results, write_results
 from rkd.evaluation.robust_accuracy import eval_subset
 from rkd.data.loader import make_loader
-from rkd.methods import build_method
+from rkd.methods import TEACHER_METHODS, build_method
 from rkd.models import create_model
+from rkd.teachers import load_teacher
 from rkd.tracking import MlflowRun, resolve_tracking_uri
 
 
@@ -159,12 +160,16 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
         raise ValueError("resume=True needs the run_dir to resume")
     previous = _read_run_json(run_dir) if resume else {}
 
+    teacher = teacher_run = None
+    if cfg.method.name in TEACHER_METHODS:  # first: training a teacher must not shift the student's RNG
+        teacher, teacher_run = load_teacher(cfg.method.teacher, device, parent_run_id=parent_run_id,
+                                            tracking=cfg.tracking)
     seed_everything(cfg.seed)
     model = build_model(cfg)  # before the data: a bad model setting fails in a second
     train_set, test_set, num_classes = build_datasets(cfg.data)
     if num_classes != num_classes_of(cfg.data):
         raise ValueError(f"{cfg.data.dataset}: {num_classes} classes in the data, expected {num_classes_of(cfg.data)}")
-    method = build_method(cfg.method, model)
+    method = build_method(cfg.method, model, teacher)
     if run_dir is None:  # only once everything could be built
         run_dir = unique_dir(cfg.output_dir, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,13 +178,17 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
 
     run_tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
                 "rkd.run_dir": str(run_dir.resolve()), **(tags or {})}
+    teacher_info = None
+    if teacher_run is not None:
+        teacher_info = {"run_dir": str(teacher_run.run_dir), "name": teacher_run.cfg.name, "key": teacher_run.key}
+        run_tags["rkd.teacher_run_dir"] = str(teacher_run.run_dir.resolve())
     tracker = MlflowRun(cfg.tracking, run_name=cfg.name, tags=run_tags, parent_run_id=parent_run_id,
                         run_id=previous.get("mlflow_run_id"), rank=rank)
     with tracker:
         if rank == 0:
             _write_run_json(run_dir, name=cfg.name, mlflow_run_id=tracker.run_id, status="RUNNING",
                             tracking_uri=resolve_tracking_uri(cfg.tracking.tracking_uri) if tracker.enabled else None,
-                            device=str(device))
+                            device=str(device), teacher=teacher_info)
         try:
             if not resume:
                 tracker.log_config(cfg)
@@ -200,7 +209,7 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
                 atomic_torch_save(model.state_dict(), run_dir / "model.pt")
                 if cfg.eval.enabled:
                     body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size)
-                    results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id),
+                    results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id, teacher_info),
                                            train_wall_time_s=trainer.wall_time)
                     tracker.log_results(results, list(write_results(results, run_dir)))
                 else:
@@ -216,9 +225,12 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
     return RunOutput(run_dir, results, trainer.history, tracker.run_id, trainer.wall_time)
 
 
-def _run_info(cfg: ExperimentConfig, run_dir: Path, mlflow_run_id: str | None) -> dict:
-    return {"name": cfg.name, "method": cfg.method.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
+def _run_info(cfg: ExperimentConfig, run_dir: Path, mlflow_run_id: str | None, teacher: dict | None = None) -> dict:
+    info = {"name": cfg.name, "method": cfg.method.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
             "run_dir": str(run_dir), "mlflow_run_id": mlflow_run_id}
+    if teacher is not None:
+        info["teacher"] = teacher
+    return info
 
 
 def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
@@ -248,7 +260,7 @@ def evaluate_run(run_dir: str | Path, *, eval_overrides: Iterable[str] = (), eva
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     with MlflowRun(tracking, run_name=cfg.name, run_id=previous.get("mlflow_run_id")) as tracker:
         body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size)
-        results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id),
+        results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id, previous.get("teacher")),
                                train_wall_time_s=previous.get("train_wall_time_s"))
         files = write_results(results, run_dir)
         tracker.log_results(results, list(files))

@@ -158,7 +158,7 @@ def validate(data: dict, source: str) -> ExperimentConfig:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):

@@ -224,9 +224,11 @@ class TradesAttackConfig(TrainAttackConfig):
 
 # ------------------------------------------------------------------------------------ methods
 class StandardMethod(Strict):
-    """Cross-entropy on clean data."""
+    """Cross-entropy on clean data, optionally at a temperature: CE(softmax(z / T), y). A model
+    trained at T > 1 is a defensive-distillation teacher; it is always tested at T = 1."""
 
     name: Literal["standard"] = "standard"
+    temperature: Annotated[Number, Field(gt=0)] = 1.0
 
 
 class AdversarialMethod(Strict):
@@ -244,11 +246,106 @@ class TradesMethod(Strict):
     attack: TradesAttackConfig = Field(default_factory=TradesAttackConfig)
 
 
+class TeacherConfig(Strict):
+    """Where a distillation method's teacher comes from: exactly one of
+
+    ``run_dir``
+        a finished run directory (its ``config.yaml`` and verified ``model.pt``);
+    ``config``
+        an experiment config (a path, relative to the working directory, or ``preset:NAME``)
+        plus ``overrides``: trained once and cached under ``cache_dir`` by the hash of its
+        resolved config, reused by every later run that names the same teacher.
+
+    The teacher is frozen (eval mode, no gradients) and never checkpointed with the student.
+    """
+
+    run_dir: Optional[str] = None
+    config: Optional[str] = None
+    overrides: list[str] = Field(default_factory=list)
+    cache_dir: str = Field("runs/teachers", description="where teachers given by 'config' are trained and kept")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.run_dir is None) == (self.config is None):
+            raise ValueError("give exactly one of teacher.run_dir (a finished run) or teacher.config (trained once, cached)")
+        if self.overrides and self.config is None:
+            raise ValueError("teacher.overrides apply to teacher.config only")
+        if self.config is not None:
+            # validate the teacher's config now, so that a bad one fails before any work starts
+            from rkd.config.errors import ConfigError
+            from rkd.config.loader import load_config
+
+            try:
+                load_config(self.config, self.overrides)
+            except (ConfigError, OSError) as exc:
+                raise ValueError(f"teacher config: {exc}") from None
+        return self
+
+
+STAGE = Annotated[int, Field(ge=1)]
+
+
+class _DistillationMethod(Strict):
+    """Common to the methods that learn from a frozen teacher."""
+
+    teacher: TeacherConfig
+    init: Literal["teacher", "scratch"] = Field(
+        "teacher", description="student starts from the teacher's weights with a new head, or from scratch"
+    )
+
+
+class RobustKDMethod(_DistillationMethod):
+    """Robust-KD (Zhang & Yi 2021), eq. 21: CE + beta * L_fm + gamma * L_J on clean data."""
+
+    name: Literal["robust_kd"]
+    beta: Annotated[Number, Field(ge=0)] = 50.0
+    gamma: Annotated[Number, Field(ge=0)] = 5e3
+    stages: list[STAGE] = Field(default_factory=lambda: [1, 2, 3, 4], description="stages of L_fm (1-based)")
+    jacobian_stages: Optional[list[STAGE]] = Field(None, description="stages of L_J; None = the same as 'stages'")
+    feature_distance: Literal["cosine", "l2", "mse"] = "cosine"
+    n_proj: Annotated[int, Field(ge=1)] = 1
+    jacobian_estimator: Literal["per_stage", "joint"] = Field(
+        "joint", description="joint: one product for all stages (unbiased estimate of the per-stage loss, "
+        "the cost of one stage); per_stage: Algorithm 1 as printed, one product per stage"
+    )
+    projections: Literal["mean", "sum"] = Field("mean", description="reduction over the n_proj draws")
+
+    @model_validator(mode="after")
+    def _stages(self):
+        for key in ("stages", "jacobian_stages"):
+            st = getattr(self, key)
+            if st is not None and (not st or len(set(st)) != len(st)):
+                raise ValueError(f"method.{key} must list distinct stage numbers (1-based), got {st}")
+        return self
+
+    @property
+    def constrained_jacobian_stages(self) -> list[int]:
+        return list(self.jacobian_stages if self.jacobian_stages is not None else self.stages)
+
+
+class ShafahiMethod(_DistillationMethod):
+    """Shafahi et al. (2019): CE + lam * ||GAP(f_last^S) - GAP(f_last^T)||^2 on clean data."""
+
+    name: Literal["shafahi"]
+    lam: Annotated[Number, Field(ge=0)] = 1.0
+
+
+class DefensiveDistillationMethod(_DistillationMethod):
+    """Papernot et al. (2016): a student trained at temperature T on the soft labels of a
+    teacher trained at the same T; tested at T = 1."""
+
+    name: Literal["defensive_distillation"]
+    temperature: Annotated[Number, Field(gt=0)] = 20.0
+    init: Literal["teacher", "scratch"] = "scratch"
+
+
 MethodConfig = Annotated[
-    Union[StandardMethod, AdversarialMethod, TradesMethod],
+    Union[StandardMethod, AdversarialMethod, TradesMethod, RobustKDMethod, ShafahiMethod,
+          DefensiveDistillationMethod],
     Field(discriminator="name"),
 ]
-METHOD_NAMES = ("standard", "adversarial", "trades")
+METHOD_NAMES = ("standard", "adversarial", "trades", "robust_kd", "shafahi", "defensive_distillation")
+DISTILLATION_METHODS = ("robust_kd", "shafahi", "defensive_distillation")
 
 
 # -------------------------------------------------------------------------------------- train
@@ -317,10 +414,36 @@ class StepSweepConfig(Strict):
         return self
 
 
+class JsmaEvalConfig(Strict):
+    """Targeted JSMA success rate (Papernot et al.), the attack defensive distillation was
+    evaluated with. ``saliency`` lists which forward derivative to use: ``probabilities`` (the
+    2016 papers: vanishes for a distilled network at T = 1) and/or ``logits`` (Carlini & Wagner's
+    re-evaluation). Attacks those of the first ``max_samples`` test images that the model
+    classifies correctly, with one random wrong target each (``targets: random``) or all of them."""
+
+    max_samples: Annotated[int, Field(gt=0)] = 100
+    targets: Literal["random", "all"] = "random"
+    theta: Annotated[Number, Field(gt=-1, le=1)] = 1.0
+    gamma: Annotated[Number, Field(gt=0, le=1)] = 0.145
+    saliency: list[Literal["probabilities", "logits"]] = Field(default_factory=lambda: ["probabilities", "logits"])
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if self.theta == 0:
+            raise ValueError("eval.jsma.theta must be non-zero")
+        if not self.saliency or len(set(self.saliency)) != len(self.saliency):
+            raise ValueError("eval.jsma.saliency must list distinct entries of [probabilities, logits]")
+        return self
+
+
 class EvalConfig(Strict):
     enabled: bool = True
     attacks: list[AttackConfig] = Field(default_factory=_robust_kd_grid)
     step_sweep: Optional[StepSweepConfig] = None
+    jsma: Optional[JsmaEvalConfig] = None
+    input_gradient: bool = Field(
+        False, description="mean L1/L2 norm of the input gradient of the CE loss (at T = 1) over the test subset"
+    )
     max_samples: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="evaluate on the first N test samples (deterministic); None = all"
     )
@@ -357,3 +480,19 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _stages_exist(self):
+        if self.method.name == "robust_kd":
+            import torch
+
+            from rkd.models import create_model
+
+            with torch.device("meta"):
+                n = create_model(self.model.arch, **{k: v for k, v in self.model.kwargs().items()
+                                                     if k not in ("weights_path", "pretrained")}).num_stages
+            for key in ("stages", "jacobian_stages"):
+                st = getattr(self.method, key) or []
+                if any(i > n for i in st):
+                    raise ValueError(f"method.{key} {st}: {self.model.arch} has stages 1..{n}")
+        return self

@@ -7,6 +7,8 @@ a Ray Train worker (given a distributed sampler and a wrapped method) or inside 
 
 from __future__ import annotations
 
+import math
+
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -142,6 +144,11 @@ class Trainer:
                 correct += (out.logits.argmax(1) == y).sum()
             self._call("on_batch_end", step, out.terms)
         metrics = {f"train_{k}": (v / max(seen, 1)).item() for k, v in sums.items()}
+        if not math.isfinite(metrics.get("train_loss", 0.0)):
+            # checked once per epoch (a per-step check would synchronise the GPU every step)
+            terms = ", ".join(f"{k[6:]}={v:.4g}" for k, v in metrics.items())
+            raise FloatingPointError(f"training diverged: non-finite loss in epoch {epoch} ({terms}); "
+                                     "lower the learning rate or the loss weights")
         if seen:
             metrics["train_acc"] = correct.item() / seen
         metrics["lr"] = lr_at_start  # the LR of the epoch's first step (per-iteration schedule)

@@ -1,16 +1,22 @@
-"""Standard training: cross-entropy on clean images."""
+"""Standard training: cross-entropy on clean images, optionally at a temperature T
+(``softmax(z / T)``; T > 1 trains a defensive-distillation teacher). The model's logits are
+used unscaled (T = 1) everywhere else: evaluation, attacks, soft labels are rescaled by the
+distillation method itself."""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
+from rkd.losses import temperature_cross_entropy
 from rkd.methods.base import Method, StepOutput
 
 
 class StandardTraining(Method):
     name = "standard"
 
+    def __init__(self, model, temperature: float = 1.0):
+        super().__init__(model)
+        self.temperature = float(temperature)
+
     def training_step(self, x, y) -> StepOutput:
         logits = self.model(x)
-        ce = F.cross_entropy(logits, y)
+        ce = temperature_cross_entropy(logits, y, self.temperature)
         return StepOutput(loss=ce, terms={"ce": ce}, logits=logits)

@@ -1,0 +1,17 @@
+"""Loss functions over tensors (no models, no config): feature-map distances, the Jacobian
+random-projection loss, the Shafahi GAP-L2 loss, and temperature-scaled distillation losses."""
+
+from rkd.losses.distillation import soft_cross_entropy, temperature_cross_entropy
+from rkd.losses.feature_maps import FEATURE_DISTANCES, feature_distance, feature_map_loss
+from rkd.losses.gap_l2 import gap_l2_loss
+from rkd.losses.jacobian import (
+    JACOBIAN_ESTIMATORS,
+    PROJECTION_REDUCTIONS,
+    jacobian_projection_loss,
+    random_unit_like,
+)
+
+__all__ = [
+    "FEATURE_DISTANCES", "JACOBIAN_ESTIMATORS", "PROJECTION_REDUCTIONS", "feature_distance", "feature_map_loss", "gap_l2_loss",
+    "jacobian_projection_loss", "random_unit_like", "soft_cross_entropy", "temperature_cross_entropy",
+]

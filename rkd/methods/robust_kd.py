@@ -1,0 +1,65 @@
+"""Robust-KD (Zhang & Yi 2021): transfer robustness from a frozen robust teacher to a student
+trained on clean data only.
+
+    L = CE(student(x), y) + beta * L_fm + gamma * L_J            (eq. 21)
+
+``L_fm`` (:func:`rkd.losses.feature_map_loss`) compares the stage maps of the constrained
+``stages``; ``L_J`` (:func:`rkd.losses.jacobian_projection_loss`) compares random projections of
+the stage Jacobians w.r.t. the input on ``jacobian_stages``. ``beta = 0`` is "Robust-KD w/o
+L_fm", ``gamma = 0`` "w/o L_J" (then no input gradients are computed at all).
+
+One pass of each network serves every term: the student's forward gives the logits and the
+stage maps (on an input that requires grad when ``gamma > 0``), the teacher's forward gives its
+maps; the Jacobian products reuse those graphs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rkd.losses import feature_map_loss, jacobian_projection_loss
+from rkd.methods.base import Method, StepOutput
+from rkd.methods.teacher import check_stage_shapes
+
+
+class RobustKD(Method):
+    name = "robust_kd"
+    frozen = ("teacher",)
+
+    def __init__(self, model: nn.Module, teacher: nn.Module, *, beta: float = 50.0, gamma: float = 5e3,
+                 stages: Sequence[int] = (1, 2, 3, 4), jacobian_stages: Sequence[int] | None = None,
+                 feature_distance: str = "cosine", n_proj: int = 1, jacobian_estimator: str = "per_stage",
+                 projections: str = "mean"):
+        super().__init__(model)
+        self.teacher = teacher
+        self.beta, self.gamma = float(beta), float(gamma)
+        self.stages = list(stages)
+        self.jacobian_stages = list(jacobian_stages if jacobian_stages is not None else stages)
+        self.feature_distance = feature_distance
+        self.n_proj, self.jacobian_estimator, self.projections = n_proj, jacobian_estimator, projections
+        check_stage_shapes(model, teacher, sorted(set(self.stages) | set(self.jacobian_stages)))
+
+    def training_step(self, x, y) -> StepOutput:
+        use_j = self.gamma > 0
+        x = x.detach().requires_grad_(use_j)
+        feats_s, logits = self.model.forward_intermediates(x, return_logits=True)
+        with torch.set_grad_enabled(use_j):  # teacher graph only for its input Jacobian
+            feats_t = self.teacher.forward_intermediates(x)
+        ce = F.cross_entropy(logits, y)
+        pick = lambda feats, st: [feats[i - 1] for i in st]  # noqa: E731  (stages are 1-based)
+
+        with torch.set_grad_enabled(self.beta > 0 and torch.is_grad_enabled()):
+            fm = feature_map_loss(pick(feats_s, self.stages), pick(feats_t, self.stages), self.feature_distance)
+        loss = ce + self.beta * fm if self.beta > 0 else ce
+        terms = {"ce": ce, "fm": fm}
+        if use_j:
+            jl = jacobian_projection_loss(x, pick(feats_s, self.jacobian_stages), pick(feats_t, self.jacobian_stages),
+                                          n_proj=self.n_proj, estimator=self.jacobian_estimator,
+                                          projections=self.projections)
+            loss = loss + self.gamma * jl
+            terms["jacobian"] = jl
+        return StepOutput(loss=loss, terms=terms, logits=logits.detach())
