@@ -1,0 +1,149 @@
+"""The job configs under jobs/ (paper-scale tables and their digits analogues) all validate, and
+the ones that encode a paper's table say what the table says.
+
+``teacher.config`` paths are relative to the working directory (the repo root), so every test
+here runs from there. Loading a distillation config also validates its teacher's config.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from rkd.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs"
+FILES = sorted(p.relative_to(REPO).as_posix() for p in JOBS.rglob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _at_repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str, overrides: tuple[str, ...] = ()):
+    return load_config(path, overrides)
+
+
+def _teacher(path: str):
+    t = _load(path).method.teacher
+    return _load(t.config, tuple(t.overrides))
+
+
+def test_jobs_exist():
+    assert len(FILES) > 50
+    assert "jobs/cifar10/robust_kd.yaml" in FILES
+
+
+@pytest.mark.parametrize("path", FILES)
+def test_job_config_loads(path):
+    cfg = _load(path)
+    assert cfg.name
+    if cfg.method.name in ("robust_kd", "shafahi", "defensive_distillation"):
+        t = cfg.method.teacher
+        assert t.config is not None and t.run_dir is None, "jobs name teachers by config (trained once, cached)"
+        if not t.config.startswith("preset:"):
+            assert (REPO / t.config).is_file(), f"{path}: teacher config {t.config} is not a path from the repo root"
+
+
+def test_run_names_are_unique():
+    names = {}
+    for path in FILES:
+        names.setdefault(_load(path).name, []).append(path)
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}
+
+
+def test_teachers_are_l2_adversarially_trained():
+    expected = {"imagenet32": ("imagenet32", None), "cifar100": ("cifar100", None),
+                "cifar10_plus": ("cifar10", "first"), "svhn_plus": ("svhn", "first")}
+    for stem, (dataset, half) in expected.items():
+        cfg = _load(f"jobs/teachers/{stem}.yaml")
+        assert (cfg.data.dataset, cfg.data.half) == (dataset, half)
+        assert cfg.model.arch == "resnet50"
+        m = cfg.method
+        assert m.name == "adversarial" and m.attack.norm == "l2" and m.attack.eps == 0.5
+        assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.weight_decay) == ("sgd", 0.9, 5e-4)
+
+
+def test_table1_robust_kd_rows():
+    full = _load("jobs/cifar10/robust_kd.yaml").method
+    assert (full.beta, full.gamma, full.stages, full.feature_distance, full.n_proj) == (50, 5e3, [1, 2, 3, 4], "cosine", 1)
+    assert full.teacher.config == "jobs/teachers/imagenet32.yaml" and full.init == "teacher"
+    assert _load("jobs/cifar10/robust_kd_no_fm.yaml").method.beta == 0
+    assert _load("jobs/cifar10/robust_kd_no_jacobian.yaml").method.gamma == 0
+    assert _load("jobs/cifar10/shafahi.yaml").method.teacher.config == "jobs/teachers/imagenet32.yaml"
+
+
+def test_table3_constrains_one_stage_each():
+    for i in (1, 2, 3, 4):
+        m = _load(f"jobs/cifar10/table3/stage{i}.yaml").method
+        assert m.stages == [i] and m.constrained_jacobian_stages == [i]
+    assert _load("jobs/cifar10/table3/all.yaml").method.stages == [1, 2, 3, 4]
+
+
+def test_tables_4_to_6_weight_sweeps():
+    t4 = [_load(f"jobs/cifar10/table4/beta_{v}.yaml").method for v in ("0.5", "5", "50", "500", "5000")]
+    assert [m.beta for m in t4] == [0.5, 5, 50, 500, 5000] and all(m.gamma == 0 for m in t4)
+    t5 = [_load(f"jobs/cifar10/table5/gamma_{v}.yaml").method for v in ("5", "50", "500", "5e3", "5e4", "5e5")]
+    assert [m.gamma for m in t5] == [5, 50, 500, 5e3, 5e4, 5e5] and all(m.beta == 0 for m in t5)
+    t6 = [_load(f"jobs/cifar10/table6/l2_beta_{v}.yaml").method for v in ("0.5", "5", "50", "500", "5000")]
+    assert [m.beta for m in t6] == [0.5, 5, 50, 500, 5000]
+    assert all(m.feature_distance == "l2" and m.gamma == 0 for m in t6)
+
+
+@pytest.mark.parametrize("folder", ["cifar10", "digits"])
+def test_table7_n_proj_last_stage_jacobian_only(folder):
+    ms = [_load(f"jobs/{folder}/table7/n_proj_{k}.yaml").method for k in (1, 5, 10)]
+    assert [m.n_proj for m in ms] == [1, 5, 10]
+    for m in ms:
+        assert m.stages == [4] and m.constrained_jacobian_stages == [4]
+        assert m.beta == 0 and m.gamma > 0
+
+
+@pytest.mark.parametrize("student, teacher_dataset", [
+    ("jobs/cifar10_minus/robust_kd_cifar10_plus.yaml", "cifar10"),
+    ("jobs/svhn_minus/robust_kd_svhn_plus.yaml", "svhn"),
+])
+def test_table9_same_source_halves(student, teacher_dataset):
+    s, t = _load(student), _teacher(student)
+    assert (s.data.dataset, s.data.half) == (teacher_dataset, "second")
+    assert (t.data.dataset, t.data.half) == (teacher_dataset, "first")
+    assert s.data.split_seed == t.data.split_seed  # the halves are complementary only with one seed
+
+
+def test_table9_baselines_train_on_the_second_half():
+    for folder, dataset in (("cifar10_minus", "cifar10"), ("svhn_minus", "svhn")):
+        for stem in ("standard", "adversarial_l2", "robust_kd_imagenet32"):
+            cfg = _load(f"jobs/{folder}/{stem}.yaml")
+            assert (cfg.data.dataset, cfg.data.half) == (dataset, "second")
+
+
+def test_table8_sources_and_targets():
+    cases = {
+        "jobs/cifar10/robust_kd_cifar100.yaml": ("cifar10", "cifar100"),
+        "jobs/cifar10/robust_kd.yaml": ("cifar10", "imagenet32"),
+        "jobs/svhn/robust_kd_cifar100.yaml": ("svhn", "cifar100"),
+        "jobs/svhn/robust_kd_imagenet32.yaml": ("svhn", "imagenet32"),
+        "jobs/cifar100/robust_kd_imagenet32.yaml": ("cifar100", "imagenet32"),
+    }
+    for path, (target, source) in cases.items():
+        assert (_load(path).data.dataset, _teacher(path).data.dataset) == (target, source)
+        assert _load(path).data.half is None
+
+
+def test_defensive_distillation_shares_temperature():
+    paths = ["jobs/cifar10/defensive_distillation/student_t20.yaml"] + [
+        f"jobs/digits/defensive_distillation/t{t}.yaml" for t in (1, 2, 5, 10, 20, 50, 100)]
+    for path in paths:
+        s, t = _load(path), _teacher(path)
+        assert s.method.name == "defensive_distillation" and t.method.name == "standard"
+        assert s.method.temperature == t.method.temperature, path
+        assert s.eval.jsma is not None and s.eval.input_gradient
+        assert any(a.kind == "cw" for a in s.eval.attacks)
+    assert _load(paths[0]).eval.jsma.max_samples == 1000
+    digits_t = sorted(_load(p).method.temperature for p in paths[1:])
+    assert digits_t == [1, 2, 5, 10, 20, 50, 100]
