@@ -10,7 +10,8 @@ from torch import nn
 
 from rkd.config import load_config
 from rkd.data import make_synthetic
-from rkd.evaluation import comparison_table, evaluate, make_results, read_results, write_results
+from rkd.evaluation import (comparison_table, distillation_table, evaluate, make_results, read_results,
+                            results_markdown, write_results)
 
 
 def _trained_linear(train):
@@ -144,3 +145,92 @@ def test_evaluation_runs_in_eval_mode_and_restores_mode():
     assert first["attacks"][0]["accuracy"] == second["attacks"][0]["accuracy"]
     assert first["attacks"][0]["step_size"] == pytest.approx(2.5 * (2 / 255) / 2)
     assert first["attacks"][0]["params"]["random_start"] is True
+
+
+class _ScaledLogits(nn.Module):
+    """``model``'s logits times ``scale``: a huge scale saturates the softmax at T = 1 like a
+    defensively distilled network (same predictions, gradients underflow)."""
+
+    def __init__(self, model: nn.Module, scale: float):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+@pytest.fixture(scope="module")
+def small_setup():
+    """1x8x8 images (64 features: JSMA takes milliseconds) noisy enough that some are misclassified."""
+    kw = dict(image_size=8, channels=1, noise=0.5, seed=3)
+    train = make_synthetic(True, n_train=200, **kw)
+    test = make_synthetic(False, n_test=40, **kw)
+    return _trained_linear(train), test
+
+
+def test_jsma_attacks_the_correctly_classified_prefix(small_setup):
+    model, test = small_setup
+    cfg = load_config(None, ["eval.attacks=[]", "eval.jsma={max_samples: 20}"]).eval
+    res = evaluate(model, test, cfg, device="cpu")
+    x, y = test.tensors()
+    correct = int((model(x[:20]).argmax(1) == y[:20]).sum())
+    assert 0 < correct < 20  # the filter matters
+    assert [e["saliency"] for e in res["jsma"]] == ["probabilities", "logits"]
+    for e in res["jsma"]:
+        assert 0.0 <= e["success_rate"] <= 1.0
+        assert e["num_samples"] == correct and e["num_pairs"] == correct  # one random target each
+        assert e["targets"] == "random" and e["theta"] == 1.0 and e["gamma"] == pytest.approx(0.145)
+        assert e["mean_changed_fraction"] is None or 0 < e["mean_changed_fraction"] <= 0.145
+        assert e["wall_time_s"] >= 0
+    assert res["input_gradient"] is None
+
+    cfg = load_config(None, ["eval.attacks=[]", "eval.jsma={max_samples: 20, targets: all, saliency: [logits]}"]).eval
+    (e,) = evaluate(model, test, cfg, device="cpu")["jsma"]
+    assert e["saliency"] == "logits" and e["num_pairs"] == correct * (test.num_classes - 1)
+
+
+def test_saturated_softmax_zeroes_input_gradient_and_probability_jsma(small_setup):
+    model, test = small_setup
+    cfg = load_config(None, ["eval.attacks=[]", "eval.input_gradient=true",
+                             "eval.jsma={max_samples: 20}"]).eval
+    model.zero_grad(set_to_none=True)
+    plain = evaluate(model, test, cfg, device="cpu")
+    saturated = _ScaledLogits(model, 1e4).train()
+    sat = evaluate(saturated, test, cfg, device="cpu")
+    assert saturated.training  # restored
+    assert all(p.grad is None for p in model.parameters())
+    g, gs = plain["input_gradient"], sat["input_gradient"]
+    assert g["num_samples"] == gs["num_samples"] == 40
+    assert g["zero_fraction"] == 0 and g["l2_mean"] > 0
+    assert g["linf_mean"] <= g["l2_mean"] <= g["l1_mean"]
+    # correctly classified samples (all but the closest calls) get an exactly zero gradient
+    assert sat["clean_accuracy"] - 0.1 <= gs["zero_fraction"] <= sat["clean_accuracy"]
+    assert gs["zero_fraction"] > 0
+    rate = {e["saliency"]: e["success_rate"] for e in sat["jsma"]}
+    assert rate["probabilities"] == 0.0  # no saliency pair: the defence "works"...
+    assert rate["logits"] == {e["saliency"]: e["success_rate"] for e in plain["jsma"]}["logits"]  # ...not really
+
+
+def test_distillation_table_and_markdown(tmp_path, small_setup):
+    model, test = small_setup
+    cfg = load_config(None, ["eval.attacks=[{kind: fgsm, eps: 8/255}, {kind: cw, steps: 3}]", "eval.input_gradient=true",
+                             "eval.jsma={max_samples: 10}"]).eval
+    res = make_results(evaluate(model, test, cfg, device="cpu"), run={"name": "d", "method": "distill"},
+                       train_wall_time_s=None)
+    js, _ = write_results(res, tmp_path)
+    assert read_results(js) == json.loads(json.dumps(res))  # plain JSON: no NaN, no tensors
+    old = {k: v for k, v in res.items() if k not in ("jsma", "input_gradient")}  # a results.json from before
+    table = distillation_table([("distilled", res), ("old", old)])
+    head, _, row, old_row = table.strip().splitlines()
+    assert head == ("| method | clean | FGSM 8/255 | CW | JSMA success (probabilities) | JSMA success (logits) "
+                    "| input grad L2 | zero input grad |")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "distilled" and cells[2] == f"{100 * res['attacks'][0]['accuracy']:.2f}"
+    assert cells[3] == f"{100 * res['attacks'][1]['accuracy']:.2f}"
+    assert cells[4] == f"{100 * res['jsma'][0]['success_rate']:.2f}"
+    assert cells[6] == f"{res['input_gradient']['l2_mean']:.2e}" and "e" in cells[6]
+    assert [c.strip() for c in old_row.strip("|").split("|")][4:] == ["", "", "", ""]
+    md = results_markdown(res)
+    assert "JSMA" in md and "| probabilities |" in md and "| logits |" in md and "Input gradient" in md
+    md_old = results_markdown(old)
+    assert "JSMA" not in md_old and "Input gradient" not in md_old and "FGSM 8/255" in md_old

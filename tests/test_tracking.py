@@ -70,3 +70,22 @@ def test_nested_runs_carry_parent_tag(tracking_uri):
             pass
     run = MlflowClient(tracking_uri).get_run(child.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+
+
+def test_log_results_logs_jsma_and_input_gradient_metrics(tracking_uri):
+    cfg = load_config(None, [f"tracking.tracking_uri={tracking_uri}"])
+    results = {"clean_accuracy": 0.9, "eval_wall_time_s": 1.0, "train_wall_time_s": None,
+               "attacks": [{"name": "FGSM 8/255", "protocol": "white-box", "accuracy": 0.5}],
+               "jsma": [{"saliency": "probabilities", "success_rate": 0.1},
+                        {"saliency": "logits", "success_rate": 0.95}],
+               "input_gradient": {"l2_mean": 2e-6, "l1_mean": 1e-4, "linf_mean": 1e-7, "zero_fraction": 0.75,
+                                  "num_samples": 8}}
+    with MlflowRun(cfg.tracking, run_name="distilled") as r:
+        r.log_results(results, files=[])
+        r.log_results({k: v for k, v in results.items() if k not in ("jsma", "input_gradient")}, files=[])
+    metrics = MlflowClient(tracking_uri).get_run(r.run_id).data.metrics
+    assert metrics["jsma.probabilities.success_rate"] == pytest.approx(0.1)
+    assert metrics["jsma.logits.success_rate"] == pytest.approx(0.95)
+    assert metrics["input_gradient.l2_mean"] == pytest.approx(2e-6)
+    assert metrics["input_gradient.zero_fraction"] == pytest.approx(0.75)
+    assert metrics["acc.white-box.FGSM_8_255"] == pytest.approx(0.5) and "train_wall_time_s" not in metrics

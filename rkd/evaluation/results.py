@@ -17,10 +17,25 @@ Schema ``rkd.results/1``::
       ],
       "step_sweep": null | {"norm", "eps", "eps_label",
                             "points": [{"steps", "step_size", "accuracy", "wall_time_s"}]},
+      "jsma": null | [                    # optional (eval.jsma): targeted JSMA, one per saliency
+        {"saliency": "probabilities"|"logits", "success_rate": float|null (over the attacked
+         (sample, target) pairs; null when there were none), "targets": "random"|"all",
+         "num_samples": int (correctly classified samples among the first eval.jsma.max_samples,
+         the ones attacked), "num_pairs": int, "theta": float, "gamma": float,
+         "mean_changed_fraction": float|null (features changed, mean over successful pairs),
+         "wall_time_s": float}
+      ],
+      "input_gradient": null | {          # optional (eval.input_gradient): d CE / dx at T = 1
+        "l2_mean", "l1_mean", "linf_mean": float (per-sample norms, averaged),
+        "zero_fraction": float (samples whose gradient is exactly zero: saturated softmax),
+        "num_samples": int},
       "train_wall_time_s": float|null,    # training time of this run (resumes included)
       "eval_wall_time_s": float,
       "created": ISO-8601 UTC time
     }
+
+``jsma`` and ``input_gradient`` are optional additions to the same schema: files written before
+them lack the keys, and readers treat a missing key like ``null``.
 """
 
 from __future__ import annotations
@@ -87,6 +102,32 @@ def comparison_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sci(x: float | None) -> str:
+    return "" if x is None else f"{x:.2e}"
+
+
+def distillation_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown table for defensive-distillation comparisons, one row per (label, results).
+
+    Columns: clean, white-box ``FGSM 8/255`` and the first white-box CW attack (accuracy, %),
+    JSMA success rate (%) with probability and logit saliency, and the mean L2 norm and
+    zero fraction (%) of the input gradient. A cell is empty where the run lacks that result.
+    """
+    head = ["method", "clean", "FGSM 8/255", "CW", "JSMA success (probabilities)", "JSMA success (logits)",
+            "input grad L2", "zero input grad"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in rows:
+        white = [a for a in r["attacks"] if a["protocol"] == "white-box"]
+        fgsm = next((a["accuracy"] for a in white if a["name"] == "FGSM 8/255"), None)
+        cw = next((a["accuracy"] for a in white if a["kind"] == "cw"), None)
+        jsma = {e["saliency"]: e["success_rate"] for e in r.get("jsma") or []}
+        grad = r.get("input_gradient") or {}
+        cells = [label, _pct(r["clean_accuracy"]), _pct(fgsm), _pct(cw), _pct(jsma.get("probabilities")),
+                 _pct(jsma.get("logits")), _sci(grad.get("l2_mean")), _pct(grad.get("zero_fraction"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def results_markdown(results: dict) -> str:
     run = results.get("run", {})
     title = run.get("name") or "results"
@@ -98,4 +139,18 @@ def results_markdown(results: dict) -> str:
                 "| steps | " + " | ".join(str(p["steps"]) for p in sweep["points"]) + " |",
                 "|---|" + "---|" * len(sweep["points"]),
                 "| accuracy | " + " | ".join(_pct(p["accuracy"]) for p in sweep["points"]) + " |", ""]
+    jsma = results.get("jsma")
+    if jsma:
+        out += ["", "Targeted JSMA success rate (%) on the correctly classified test images", "",
+                "| saliency | success | samples | pairs | targets | theta | gamma | changed features (%) | time |",
+                "|" + "---|" * 9]
+        out += [f"| {e['saliency']} | {_pct(e['success_rate'])} | {e['num_samples']} | {e['num_pairs']} | "
+                f"{e['targets']} | {e['theta']:g} | {e['gamma']:g} | {_pct(e['mean_changed_fraction'])} | "
+                f"{_time(e['wall_time_s'])} |" for e in jsma]
+        out.append("")
+    grad = results.get("input_gradient")
+    if grad:
+        out += ["", f"Input gradient of the CE loss (T = 1) over {grad['num_samples']} test images: mean L2 "
+                f"{_sci(grad['l2_mean'])}, L1 {_sci(grad['l1_mean'])}, Linf {_sci(grad['linf_mean'])}; "
+                f"exactly zero for {_pct(grad['zero_fraction'])}% of the images.", ""]
     return "\n".join(out)

@@ -10,18 +10,27 @@ robust models); counting those would report robust accuracy above clean accuracy
 
 All attacks here are white-box against the evaluated model (protocol ``white-box``); other
 protocols (e.g. MACD's transfer protocol) add entries with their own ``protocol`` label.
+
+Two optional extras evaluate defensive distillation the way its papers did and the way its
+critics did: the targeted JSMA success rate (``eval.jsma``), with the saliency map taken from the
+softmax probabilities (the 2016 papers) and/or from the logits (Carlini & Wagner), and the size
+of the input gradient of the cross-entropy at T = 1 (``eval.input_gradient``), whose vanishing
+(saturated softmax) is what makes gradient-based attacks on a distilled network fail.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from rkd.attacks import build_attack, default_step_size, pgd
+from rkd.attacks.jsma import jsma_success_rate
 from rkd.config.numbers import format_eps
 from rkd.config.schema import AttackConfig, EvalConfig
 from rkd.data.loader import make_loader
@@ -88,7 +97,8 @@ def attack_entry(cfg: AttackConfig, acc: float, seconds: float, protocol: str = 
 
 
 def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, batch_size: int = 256) -> dict:
-    """Run the clean + attack grid + optional step sweep; returns the results dict body."""
+    """Run the clean + attack grid + optional step sweep, JSMA and input-gradient statistics;
+    returns the results dict body."""
     data = eval_subset(test_set, cfg.max_samples)
     loader = make_loader(data, batch_size)
     t_start = time.perf_counter()
@@ -106,6 +116,8 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
         entries.append(attack_entry(a, acc, time.perf_counter() - t0, params=fn.describe()))
     out["attacks"] = entries
     out["step_sweep"] = step_sweep(model, loader, cfg, device) if cfg.step_sweep else None
+    out["jsma"] = jsma_eval(model, data, cfg, device, _num_classes(test_set), batch_size) if cfg.jsma else None
+    out["input_gradient"] = input_gradient_stats(model, loader, device) if cfg.input_gradient else None
     out["eval_wall_time_s"] = time.perf_counter() - t_start
     return out
 
@@ -113,7 +125,7 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
 def _num_classes(dataset) -> int:
     n = getattr(dataset, "num_classes", None)
     if n is None:
-        raise ValueError("autoattack needs the number of classes: evaluate a dataset with .num_classes")
+        raise ValueError("autoattack and JSMA need the number of classes: evaluate a dataset with .num_classes")
     return int(n)
 
 
@@ -132,3 +144,71 @@ def step_sweep(model: nn.Module, loader: DataLoader, cfg: EvalConfig, device) ->
         acc = accuracy(model, loader, device, fn)
         points.append({"steps": k, "step_size": size, "accuracy": acc, "wall_time_s": time.perf_counter() - t0})
     return {"norm": sw.norm, "eps": sw.eps, "eps_label": format_eps(sw.eps, sw.norm), "points": points}
+
+
+def jsma_eval(model: nn.Module, data: Dataset, cfg: EvalConfig, device, num_classes: int,
+              batch_size: int = 256) -> list[dict]:
+    """Targeted JSMA success rate, one ``jsma[]`` entry per saliency in ``cfg.jsma.saliency``.
+
+    The attacked samples are those among the first ``cfg.jsma.max_samples`` of ``data`` that the
+    model classifies correctly (a wrong sample already "succeeds" for some targets, which would
+    inflate the rate); every saliency attacks the same samples with the same targets.
+    """
+    jc = cfg.jsma
+    was_training = model.training
+    model.eval()
+    try:
+        xs, ys = [], []
+        for x, y in make_loader(eval_subset(data, jc.max_samples), batch_size):
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad():
+                ok = model(x).argmax(1) == y
+            xs.append(x[ok])
+            ys.append(y[ok])
+        x, y = torch.cat(xs), torch.cat(ys)
+        entries = []
+        for saliency in jc.saliency:
+            t0 = time.perf_counter()
+            rate, details = jsma_success_rate(model, x, y, num_classes, targets=jc.targets, seed=cfg.seed,
+                                              return_details=True, theta=jc.theta, gamma=jc.gamma,
+                                              use_logits=saliency == "logits")
+            num_pairs = len(details["success"]) if details else 0
+            frac = details.get("mean_changed_fraction_successful", math.nan)
+            entries.append({
+                "saliency": saliency, "success_rate": rate if num_pairs else None, "targets": jc.targets,
+                "num_samples": int(x.shape[0]), "num_pairs": num_pairs, "theta": jc.theta, "gamma": jc.gamma,
+                "mean_changed_fraction": None if math.isnan(frac) else frac,  # NaN: no successful pair
+                "wall_time_s": time.perf_counter() - t0,
+            })
+    finally:
+        model.train(was_training)
+    return entries
+
+
+def input_gradient_stats(model: nn.Module, loader: DataLoader, device) -> dict:
+    """Mean L2 / L1 / Linf norm of ``d CE(model(x), y) / dx`` per sample (model in eval mode, its
+    logits as returned, i.e. T = 1), and the fraction of samples whose gradient is exactly zero.
+
+    A defensively distilled network evaluated at T = 1 has a saturated softmax: the gradient
+    underflows to exactly zero on most correctly classified samples. The loss is summed over the
+    batch so each sample's gradient is that of its own loss; norms are accumulated in float64.
+    Parameter ``.grad`` is untouched (``torch.autograd.grad``).
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # l2, l1, linf, zero count
+    total = 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device).detach().requires_grad_(True), y.to(device)
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(x), y, reduction="sum")
+                (g,) = torch.autograd.grad(loss, x)
+            g = g.flatten(1).double()
+            sums += torch.stack([g.norm(dim=1).sum(), g.abs().sum(), g.abs().amax(dim=1).sum(),
+                                 (g == 0).all(dim=1).sum().double()])
+            total += y.shape[0]
+    finally:
+        model.train(was_training)
+    l2, l1, linf, zeros = (v / max(total, 1) for v in sums.tolist())
+    return {"l2_mean": l2, "l1_mean": l1, "linf_mean": linf, "zero_fraction": zeros, "num_samples": total}

@@ -119,7 +119,8 @@ class MlflowRun:
                 self.client.set_tag(self.run_id, k, str(v))
 
     def log_results(self, results: dict, files: list[Path]) -> None:
-        """Summary metrics (clean + each attack accuracy) and the results files as artifacts."""
+        """Summary metrics (clean + each attack accuracy, JSMA success rates, input-gradient
+        L2 norm and zero fraction when evaluated) and the results files as artifacts."""
         if not self.enabled:
             return
         metrics = {"clean_acc": results["clean_accuracy"], "eval_wall_time_s": results["eval_wall_time_s"]}
@@ -127,6 +128,12 @@ class MlflowRun:
             metrics["train_wall_time_s"] = results["train_wall_time_s"]
         for a in results["attacks"]:
             metrics[metric_key(a)] = a["accuracy"]
+        for e in results.get("jsma") or []:
+            metrics[f"jsma.{e['saliency']}.success_rate"] = e["success_rate"]
+        grad = results.get("input_gradient")
+        if grad:
+            metrics["input_gradient.l2_mean"] = grad["l2_mean"]
+            metrics["input_gradient.zero_fraction"] = grad["zero_fraction"]
         self.log_metrics(metrics)
         for f in files:
             self.client.log_artifact(self.run_id, str(f))
