@@ -1,28 +1,49 @@
-"""The main job: offline, on CPU, a few minutes — every method on the same digits data.
+"""The main job: offline, on CPU, minutes -- every method on the same digits data.
 
-Trains each method of :data:`QUICKSTART_METHODS` on scikit-learn's digits (32x32x3), evaluates
-each on the Robust-KD grid, prints one comparison table with the training wall time of each
-method, and logs everything to MLflow: one parent run ``quickstart`` with one nested run per
-method. Later methods (Robust-KD, MACD, ...) add rows here.
+The digits analogue of the Robust-KD paper's Table 9 ("CIFAR10+ -> CIFAR10-"): the training set
+is split into two stratified halves; a robust teacher (PGD adversarial training, L2 0.5) learns
+on the first half (digits+), and every target model -- baselines and students -- trains on the
+second half (digits-) and is tested on the full digits test split.
+
+Each method of :data:`QUICKSTART_METHODS` is trained and evaluated on the Robust-KD grid; the
+job prints one comparison table with each method's training wall time, a defensive-distillation
+table (JSMA, FGSM, CW, input-gradient norms), and logs everything to MLflow: one parent run
+``quickstart`` with one nested run per method. Teachers are trained once and cached (under
+``<output_dir>/teachers``, keyed by their config); a later quickstart reuses them and its table
+shows their original training time, marked "cached".
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Iterable
 
 from rkd.config import TrackingConfig, load_config
-from rkd.evaluation import comparison_table
+from rkd.config.schema import TeacherConfig
+from rkd.evaluation import comparison_table, distillation_table, read_results
 from rkd.experiment import run_experiment, unique_dir
+from rkd.methods import TEACHER_METHODS
+from rkd.teachers import ensure_teacher
 from rkd.tracking import MlflowRun, resolve_tracking_uri
 
-#: (table label, preset) in table order
+#: (table label, preset) in table order; presets whose name contains "teacher" are teachers
+#: (trained once through the teacher cache, exactly as the students that name them see them)
 QUICKSTART_METHODS: list[tuple[str, str]] = [
     ("standard training", "preset:digits_standard"),
     ("adversarial training (PGD-7 Linf 8/255)", "preset:digits_adversarial"),
     ("TRADES (beta 6, PGD-7 Linf 8/255)", "preset:digits_trades"),
+    ("robust teacher: AT L2 0.5 on digits+", "preset:digits_teacher_plus"),
+    ("Shafahi et al. (digits+ -> digits-)", "preset:digits_shafahi"),
+    ("Robust-KD w/o L_J (digits+ -> digits-)", "preset:digits_robust_kd_no_jacobian"),
+    ("Robust-KD w/o L_fm (digits+ -> digits-)", "preset:digits_robust_kd_no_features"),
+    ("Robust-KD (digits+ -> digits-)", "preset:digits_robust_kd"),
+    ("DD teacher: standard at T=20", "preset:digits_dd_teacher"),
+    ("defensive distillation (T=20)", "preset:digits_defensive_distillation"),
 ]
+#: rows of the defensive-distillation table (keys as in :func:`method_keys`)
+DISTILLATION_ROWS = ("standard", "dd_teacher", "defensive_distillation")
 
 
 def _key(preset: str) -> str:
@@ -43,13 +64,18 @@ def method_keys() -> list[str]:
     return [_key(p) for _, p in QUICKSTART_METHODS]
 
 
+def _is_teacher(preset: str) -> bool:
+    return "teacher" in _key(preset)
+
+
 def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
                    out=sys.stdout) -> dict:
     """Run the quickstart.
 
-    ``overrides`` are ``key=value`` for every method, or ``METHOD:key=value`` for one (METHOD as
-    in :func:`method_keys`, e.g. ``adversarial:method.attack.steps=3``). Every config is loaded
-    and validated before the first run starts.
+    ``overrides`` are ``key=value`` for every method (teachers included), or
+    ``METHOD:key=value`` for one (METHOD as in :func:`method_keys`, e.g.
+    ``adversarial:method.attack.steps=3``). Every config is loaded and validated before the
+    first run starts.
     """
     keys = method_keys()
     targeted = [_split_override(o) for o in overrides]  # (method or None, key=value)
@@ -59,25 +85,60 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     chosen = [(label, preset) for label, preset in QUICKSTART_METHODS if only is None or _key(preset) in set(only)]
     if not chosen:
         raise ValueError(f"no quickstart method matches {list(only or [])}; choose from {keys}")
+    teacher_cache = str(Path(output_dir) / "teachers")
+
+    def overrides_for(key: str) -> list[str]:
+        return [o for target, o in targeted if target in (None, key)]
+
+    def teacher_spec(preset: str) -> TeacherConfig:
+        # the same spec a student naming this teacher gets (below), so both hit one cache entry
+        return TeacherConfig(config=preset, overrides=overrides_for(_key(preset)), cache_dir=teacher_cache)
+
     configs = []
     for label, preset in chosen:
-        mine = [o for target, o in targeted if target in (None, _key(preset))]
-        configs.append((label, load_config(preset, mine + [f"output_dir={output_dir}"])))
+        if _is_teacher(preset):
+            configs.append((label, preset, teacher_spec(preset)))
+            continue
+        mine = overrides_for(_key(preset)) + [f"output_dir={output_dir}"]
+        cfg = load_config(preset, mine)
+        if cfg.method.name in TEACHER_METHODS and cfg.method.teacher.config is not None:
+            spec = teacher_spec(cfg.method.teacher.config)
+            cfg = load_config(preset, mine + [f"method.teacher.cache_dir={teacher_cache}",
+                                              f"method.teacher.overrides={json.dumps(spec.overrides)}"])
+        configs.append((label, preset, cfg))
     qdir = unique_dir(output_dir, "quickstart")
-    tracking: TrackingConfig = configs[0][1].tracking
+    first = configs[0][2]
+    tracking: TrackingConfig = (load_config(first.config, first.overrides) if isinstance(first, TeacherConfig)
+                                else first).tracking
 
     rows, runs = [], []
     with MlflowRun(tracking, run_name="quickstart", tags={"rkd.kind": "quickstart"}) as parent:
-        for label, cfg in configs:
-            print(f"== {label}: {cfg.name}", file=out, flush=True)
-            result = run_experiment(cfg, run_dir=qdir / cfg.name, parent_run_id=parent.run_id)
-            rows.append((label, result.results))
-            runs.append({"label": label, "name": cfg.name, "run_dir": str(result.run_dir),
-                         "mlflow_run_id": result.mlflow_run_id, "results": result.results})
+        for label, preset, cfg in configs:
+            if isinstance(cfg, TeacherConfig):
+                print(f"== {label}: teacher {preset}", file=out, flush=True)
+                t = ensure_teacher(cfg, parent_run_id=parent.run_id, tracking=tracking)
+                results = read_results(t.run_dir / "results.json")
+                run_dir, run_id = t.run_dir, results["run"].get("mlflow_run_id")
+                if not t.trained_now:
+                    label = f"{label} (cached)"
+            else:
+                print(f"== {label}: {cfg.name}", file=out, flush=True)
+                result = run_experiment(cfg, run_dir=qdir / cfg.name, parent_run_id=parent.run_id)
+                results, run_dir, run_id = result.results, result.run_dir, result.mlflow_run_id
+            rows.append((label, results))
+            runs.append({"key": _key(preset), "label": label, "run_dir": str(run_dir), "mlflow_run_id": run_id,
+                         "results": results})
         table = comparison_table(rows)
         n = rows[0][1]["num_samples"]
         summary_md = (f"# rkd quickstart\n\nAccuracy (%) on the {n} digits test images, white-box attacks "
-                      f"(FGSM, PGD-7); train time = wall time of training on this machine.\n\n{table}")
+                      f"(FGSM, PGD-7); train time = wall time of training on this machine (a student's "
+                      f"excludes its teacher's, shown in the teacher's own row).\n\n{table}")
+        dd_rows = [(r["label"], r["results"]) for r in runs if r["key"] in DISTILLATION_ROWS]
+        if any(r.get("jsma") or r.get("input_gradient") for _, r in dd_rows):
+            summary_md += ("\n## Defensive distillation\n\nAccuracy (%) under FGSM and CW, targeted JSMA "
+                           "success rate (%) with saliency from probabilities (as in 2016) and from logits "
+                           "(as in Carlini & Wagner), and the mean L2 norm of the input gradient of the "
+                           f"loss at T = 1.\n\n{distillation_table(dd_rows)}")
         (qdir / "summary.md").write_text(summary_md)
         (qdir / "summary.json").write_text(json.dumps({"runs": runs}, indent=1))
         parent.log_artifact(qdir / "summary.md")
@@ -89,5 +150,5 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         print(f"Runs are in MLflow ({uri}), experiment '{tracking.experiment}'. Browse them with:\n"
               f"    mlflow ui --backend-store-uri {uri}\n"
               f"and open http://127.0.0.1:5000", file=out)
-    print(f"Run directories: {qdir}", file=out)
+    print(f"Run directories: {qdir} (teachers: {teacher_cache})", file=out)
     return {"dir": str(qdir), "table": table, "runs": runs}

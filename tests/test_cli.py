@@ -34,7 +34,7 @@ def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides,
     run_dir = tmp_path / "run"
     rkd("train", "preset:digits_standard", *tiny_overrides, "--run-dir", str(run_dir), cwd=tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["schema"] == "rkd.results/1" and len(results["attacks"]) == 6
+    assert results["schema"] == "rkd.results/1" and len(results["attacks"]) == 7  # the grid + CW
     assert 0.0 <= results["clean_accuracy"] <= 1.0
     run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
 
@@ -75,13 +75,24 @@ def test_missing_dataset_is_a_clear_error(tmp_path, tiny_overrides):
 
 
 def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracking_uri):
-    over = [o for o in tiny_overrides if not o.startswith("output_dir")]
-    proc = rkd("quickstart", *over, "adversarial:method.attack.steps=2", "trades:method.attack.steps=2", "--output-dir", str(tmp_path / "q"), cwd=tmp_path)
-    assert "| standard training |" in proc.stdout
-    assert "| adversarial training" in proc.stdout and "| TRADES" in proc.stdout
+    """A subset of the quickstart end to end: baselines, the cached teacher row, a Robust-KD
+    student (which reuses that teacher, not a second one) and defensive distillation (which
+    trains its T=20 teacher on the way); one parent MLflow run holds every nested run."""
+    over = [o for o in tiny_overrides if not o.startswith("output_dir")] + ["eval.jsma.max_samples=8"]
+    proc = rkd("quickstart", *over, "adversarial:method.attack.steps=2", "teacher_plus:method.attack.steps=2",
+               "--only", "standard", "adversarial", "teacher_plus", "robust_kd", "defensive_distillation",
+               "--output-dir", str(tmp_path / "q"), cwd=tmp_path)
+    assert "| standard training |" in proc.stdout and "| adversarial training" in proc.stdout
+    assert "| robust teacher: AT L2 0.5 on digits+ |" in proc.stdout and "| Robust-KD (digits+ -> digits-) |" in proc.stdout
+    assert "## Defensive distillation" in proc.stdout and "JSMA success (probabilities)" in proc.stdout
     assert f"mlflow ui --backend-store-uri {tracking_uri}" in proc.stdout
+    teachers = sorted(p.name for p in (tmp_path / "q" / "teachers").iterdir() if p.is_dir())
+    assert len(teachers) == 2 and teachers[0].startswith("digits-dd-teacher-t20-")  # one AT teacher, shared
     summary = next(Path(tmp_path / "q").glob("quickstart-*/summary.json"))
     runs = json.loads(summary.read_text())["runs"]
+    rkd_run = next(r for r in runs if r["key"] == "robust_kd")
+    teacher_run = next(r for r in runs if r["key"] == "teacher_plus")
+    assert rkd_run["results"]["run"]["teacher"]["run_dir"] == teacher_run["run_dir"]
     client = MlflowClient(tracking_uri)
     parents = {client.get_run(r["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for r in runs}
     assert len(parents) == 1
