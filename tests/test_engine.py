@@ -145,3 +145,15 @@ def test_a_used_run_dir_is_refused_and_a_corrupt_checkpoint_skipped(tmp_path, ti
     with pytest.warns(UserWarning, match="corrupt"):
         out = run_experiment(cfg, run_dir=tmp_path / "r", resume=True)
     assert [h["epoch"] for h in out.history] == [1, 2, 3]  # epoch 2 re-run from epoch 1's checkpoint
+
+
+def test_diverged_training_fails_with_a_clear_error_and_a_failed_run(tmp_path, tiny_overrides):
+    """A loss that becomes non-finite stops the run (instead of training on NaN weights), names
+    the epoch (1-based, as logged) and the loss terms, and leaves the run marked FAILED."""
+    cfg = load_config("preset:digits_standard", tiny_overrides + ["train.lr=1e30", "eval.enabled=false"])
+    with pytest.raises(FloatingPointError, match=r"non-finite loss in epoch 1 \(loss=.*ce="):
+        run_experiment(cfg, run_dir=tmp_path / "run")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "FAILED" and "FloatingPointError" in run["error"]
+    run_info = MlflowClient(cfg.tracking.tracking_uri).get_run(run["mlflow_run_id"]).info
+    assert run_info.status == "FAILED"

@@ -203,9 +203,12 @@ def test_saturated_softmax_zeroes_input_gradient_and_probability_jsma(small_setu
     assert g["num_samples"] == gs["num_samples"] == 40
     assert g["zero_fraction"] == 0 and g["l2_mean"] > 0
     assert g["linf_mean"] <= g["l2_mean"] <= g["l1_mean"]
+    assert g["l2_median"] > 0
     # correctly classified samples (all but the closest calls) get an exactly zero gradient
     assert sat["clean_accuracy"] - 0.1 <= gs["zero_fraction"] <= sat["clean_accuracy"]
     assert gs["zero_fraction"] > 0
+    # the median sees the vanishing gradients that the mean (dominated by the misclassified) hides
+    assert gs["l2_median"] == 0 if gs["zero_fraction"] > 0.5 else gs["l2_median"] > 0
     rate = {e["saliency"]: e["success_rate"] for e in sat["jsma"]}
     assert rate["probabilities"] == 0.0  # no saliency pair: the defence "works"...
     assert rate["logits"] == {e["saliency"]: e["success_rate"] for e in plain["jsma"]}["logits"]  # ...not really
@@ -223,13 +226,14 @@ def test_distillation_table_and_markdown(tmp_path, small_setup):
     table = distillation_table([("distilled", res), ("old", old)])
     head, _, row, old_row = table.strip().splitlines()
     assert head == ("| method | clean | FGSM 8/255 | CW | JSMA success (probabilities) | JSMA success (logits) "
-                    "| input grad L2 | zero input grad |")
+                    "| input grad L2 (mean) | input grad L2 (median) | zero input grad |")
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "distilled" and cells[2] == f"{100 * res['attacks'][0]['accuracy']:.2f}"
     assert cells[3] == f"{100 * res['attacks'][1]['accuracy']:.2f}"
     assert cells[4] == f"{100 * res['jsma'][0]['success_rate']:.2f}"
     assert cells[6] == f"{res['input_gradient']['l2_mean']:.2e}" and "e" in cells[6]
-    assert [c.strip() for c in old_row.strip("|").split("|")][4:] == ["", "", "", ""]
+    assert cells[7] == f"{res['input_gradient']['l2_median']:.2e}"
+    assert [c.strip() for c in old_row.strip("|").split("|")][4:] == ["", "", "", "", ""]
     md = results_markdown(res)
     assert "JSMA" in md and "| probabilities |" in md and "| logits |" in md and "Input gradient" in md
     md_old = results_markdown(old)

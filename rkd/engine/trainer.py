@@ -147,7 +147,7 @@ class Trainer:
         if not math.isfinite(metrics.get("train_loss", 0.0)):
             # checked once per epoch (a per-step check would synchronise the GPU every step)
             terms = ", ".join(f"{k[6:]}={v:.4g}" for k, v in metrics.items())
-            raise FloatingPointError(f"training diverged: non-finite loss in epoch {epoch} ({terms}); "
+            raise FloatingPointError(f"training diverged: non-finite loss in epoch {epoch + 1} ({terms}); "
                                      "lower the learning rate or the loss weights")
         if seen:
             metrics["train_acc"] = correct.item() / seen

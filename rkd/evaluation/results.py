@@ -27,6 +27,7 @@ Schema ``rkd.results/1``::
       ],
       "input_gradient": null | {          # optional (eval.input_gradient): d CE / dx at T = 1
         "l2_mean", "l1_mean", "linf_mean": float (per-sample norms, averaged),
+        "l2_median": float (median of the per-sample L2 norms; absent in older files),
         "zero_fraction": float (samples whose gradient is exactly zero: saturated softmax),
         "num_samples": int},
       "train_wall_time_s": float|null,    # training time of this run (resumes included)
@@ -110,11 +111,11 @@ def distillation_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown table for defensive-distillation comparisons, one row per (label, results).
 
     Columns: clean, white-box ``FGSM 8/255`` and the first white-box CW attack (accuracy, %),
-    JSMA success rate (%) with probability and logit saliency, and the mean L2 norm and
-    zero fraction (%) of the input gradient. A cell is empty where the run lacks that result.
+    JSMA success rate (%) with probability and logit saliency, and the mean and median L2 norm
+    and zero fraction (%) of the input gradient. A cell is empty where the run lacks that result.
     """
     head = ["method", "clean", "FGSM 8/255", "CW", "JSMA success (probabilities)", "JSMA success (logits)",
-            "input grad L2", "zero input grad"]
+            "input grad L2 (mean)", "input grad L2 (median)", "zero input grad"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in rows:
         white = [a for a in r["attacks"] if a["protocol"] == "white-box"]
@@ -123,7 +124,8 @@ def distillation_table(rows: list[tuple[str, dict]]) -> str:
         jsma = {e["saliency"]: e["success_rate"] for e in r.get("jsma") or []}
         grad = r.get("input_gradient") or {}
         cells = [label, _pct(r["clean_accuracy"]), _pct(fgsm), _pct(cw), _pct(jsma.get("probabilities")),
-                 _pct(jsma.get("logits")), _sci(grad.get("l2_mean")), _pct(grad.get("zero_fraction"))]
+                 _pct(jsma.get("logits")), _sci(grad.get("l2_mean")), _sci(grad.get("l2_median")),
+                 _pct(grad.get("zero_fraction"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -151,6 +153,7 @@ def results_markdown(results: dict) -> str:
     grad = results.get("input_gradient")
     if grad:
         out += ["", f"Input gradient of the CE loss (T = 1) over {grad['num_samples']} test images: mean L2 "
-                f"{_sci(grad['l2_mean'])}, L1 {_sci(grad['l1_mean'])}, Linf {_sci(grad['linf_mean'])}; "
+                f"{_sci(grad['l2_mean'])} (median {_sci(grad.get('l2_median'))}), L1 {_sci(grad['l1_mean'])}, "
+                f"Linf {_sci(grad['linf_mean'])}; "
                 f"exactly zero for {_pct(grad['zero_fraction'])}% of the images.", ""]
     return "\n".join(out)

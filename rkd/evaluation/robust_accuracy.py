@@ -187,16 +187,20 @@ def jsma_eval(model: nn.Module, data: Dataset, cfg: EvalConfig, device, num_clas
 
 def input_gradient_stats(model: nn.Module, loader: DataLoader, device) -> dict:
     """Mean L2 / L1 / Linf norm of ``d CE(model(x), y) / dx`` per sample (model in eval mode, its
-    logits as returned, i.e. T = 1), and the fraction of samples whose gradient is exactly zero.
+    logits as returned, i.e. T = 1), the median L2 norm, and the fraction of samples whose
+    gradient is exactly zero.
 
     A defensively distilled network evaluated at T = 1 has a saturated softmax: the gradient
-    underflows to exactly zero on most correctly classified samples. The loss is summed over the
+    shrinks (or underflows to exactly zero) on confidently classified samples, while on the
+    misclassified ones its large logits make it larger than a standard network's; the mean is
+    dominated by the latter, so the median is reported too. The loss is summed over the
     batch so each sample's gradient is that of its own loss; norms are accumulated in float64.
     Parameter ``.grad`` is untouched (``torch.autograd.grad``).
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # l2, l1, linf, zero count
+    l2_norms = []
     total = 0
     try:
         for x, y in loader:
@@ -205,10 +209,13 @@ def input_gradient_stats(model: nn.Module, loader: DataLoader, device) -> dict:
                 loss = F.cross_entropy(model(x), y, reduction="sum")
                 (g,) = torch.autograd.grad(loss, x)
             g = g.flatten(1).double()
+            l2_norms.append(g.norm(dim=1).cpu())
             sums += torch.stack([g.norm(dim=1).sum(), g.abs().sum(), g.abs().amax(dim=1).sum(),
                                  (g == 0).all(dim=1).sum().double()])
             total += y.shape[0]
     finally:
         model.train(was_training)
     l2, l1, linf, zeros = (v / max(total, 1) for v in sums.tolist())
-    return {"l2_mean": l2, "l1_mean": l1, "linf_mean": linf, "zero_fraction": zeros, "num_samples": total}
+    median = torch.cat(l2_norms).median().item() if l2_norms else 0.0
+    return {"l2_mean": l2, "l2_median": median, "l1_mean": l1, "linf_mean": linf, "zero_fraction": zeros,
+            "num_samples": total}

@@ -133,6 +133,8 @@ class MlflowRun:
         grad = results.get("input_gradient")
         if grad:
             metrics["input_gradient.l2_mean"] = grad["l2_mean"]
+            if grad.get("l2_median") is not None:
+                metrics["input_gradient.l2_median"] = grad["l2_median"]
             metrics["input_gradient.zero_fraction"] = grad["zero_fraction"]
         self.log_metrics(metrics)
         for f in files:
