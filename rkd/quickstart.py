@@ -137,7 +137,7 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         if any(r.get("jsma") or r.get("input_gradient") for _, r in dd_rows):
             summary_md += ("\n## Defensive distillation\n\nAccuracy (%) under FGSM and CW, targeted JSMA "
                            "success rate (%) with saliency from probabilities (as in 2016) and from logits "
-                           "(as in Carlini & Wagner), and the mean L2 norm of the input gradient of the "
+                           "(as in Carlini & Wagner), and the mean and median L2 norm of the input gradient of the "
                            f"loss at T = 1.\n\n{distillation_table(dd_rows)}")
         (qdir / "summary.md").write_text(summary_md)
         (qdir / "summary.json").write_text(json.dumps({"runs": runs}, indent=1))
