@@ -1,4 +1,4 @@
-"""``rkd`` command line: train, eval, quickstart.
+"""``rkd`` command line: train, eval, quickstart, cache.
 
 Every command validates its whole configuration before doing any work; a configuration error
 prints the file and key and exits with status 2.
@@ -65,6 +65,55 @@ def _cmd_quickstart(args) -> int:
     return 0
 
 
+def _cmd_cache(args) -> int:
+    from rkd.adversarial_cache import ls, verify
+    from rkd.config.numbers import format_eps
+
+    if args.cache_command == "ls":
+        entries = ls(args.root)
+        if not entries:
+            print(f"no entries under {args.root}")
+        for e in entries:
+            attack = e.get("attack") or {}
+            print(f"{e['key'][:16]}  {'ok ' if e['valid'] else 'BAD'}  n={e.get('num_samples')}  "
+                  f"{attack.get('norm')} eps={format_eps(attack['eps'], attack.get('norm', 'linf')) if 'eps' in attack else None} "
+                  f"steps={attack.get('steps')} seed={e.get('seed')}  "
+                  f"{(e.get('size_bytes') or 0) / 2**20:.1f} MiB  {e.get('created')}"
+                  + ("" if e["valid"] else f"  ({e.get('message')})"))
+        return 0
+    if args.cache_command == "verify":
+        results = verify(args.root, args.key)
+        for key, ok, message in results:
+            print(f"{key}  {'ok' if ok else 'CORRUPT'}  {message}")
+        return 0 if all(ok for _, ok, _ in results) else 1
+    return _cache_build(args)
+
+
+def _cache_build(args) -> int:
+    """Adversarial examples of a finished run's model on its (un-augmented) train or test split."""
+    import time
+
+    from rkd.adversarial_cache import cached_adversarial_set
+    from rkd.config.numbers import parse_number
+    from rkd.experiment import build_datasets, load_trained_model, resolve_device
+
+    cfg, model, test_set = load_trained_model(args.run_dir)
+    device = resolve_device(args.device)
+    dataset = test_set if args.split == "test" else build_datasets(cfg.data)[0]
+    if args.limit:
+        dataset = dataset.subset(range(min(args.limit, len(dataset))))
+    attack = {"norm": args.norm, "eps": parse_number(args.eps), "steps": args.steps, "random_start": True}
+    if args.step_size:
+        attack["step_size"] = parse_number(args.step_size)
+    t0 = time.perf_counter()
+    adv, labels, key = cached_adversarial_set(args.root, model.to(device), dataset, attack, args.seed,
+                                              batch_size=args.batch_size, device=device, return_key=True)
+    print(f"key {key}: {tuple(adv.shape)} adversarial images of {args.run_dir} ({args.split} split), "
+          f"{args.norm} eps {args.eps}, {args.steps} steps, seed {args.seed}; {time.perf_counter() - t0:.1f} s "
+          f"(built or reused) under {args.root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     presets = ", ".join(list_presets())
     p = argparse.ArgumentParser(prog="rkd", description="Distil adversarial robustness: train, evaluate, track.")
@@ -103,6 +152,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--output-dir", default="runs")
     q.add_argument("--only", nargs="+", metavar="METHOD", help="run only these (e.g. standard adversarial)")
     q.set_defaults(func=_cmd_quickstart)
+
+    c = sub.add_parser("cache", help="the content-addressed cache of one-time adversarial examples",
+                       description="Build, list and verify cached adversarial sets (key = hash of the source "
+                                   "model's weights, the attack, the dataset fingerprint and the seed; stored "
+                                   "losslessly with checksums).")
+    csub = c.add_subparsers(dest="cache_command", required=True)
+    cb = csub.add_parser("build", help="PGD examples of a finished run's model, computed once and cached")
+    cb.add_argument("run_dir", help="finished run whose model is the source (e.g. a standard model)")
+    cb.add_argument("--split", choices=("train", "test"), default="train")
+    cb.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    cb.add_argument("--eps", default="8/255")
+    cb.add_argument("--steps", type=int, default=40)
+    cb.add_argument("--step-size", default=None, help="default 2.5*eps/steps")
+    cb.add_argument("--seed", type=int, default=0)
+    cb.add_argument("--batch-size", type=int, default=256)
+    cb.add_argument("--limit", type=int, default=None, help="only the first N images")
+    cb.add_argument("--device", default="auto")
+    for sp in (cb, csub.add_parser("ls", help="list cached sets"),
+               csub.add_parser("verify", help="check every cached file against its checksum")):
+        sp.add_argument("--root", default="runs/adv_cache", help="cache directory (default runs/adv_cache)")
+    csub.choices["verify"].add_argument("key", nargs="?", help="only this entry")
+    c.set_defaults(func=_cmd_cache)
     return p
 
 

@@ -104,3 +104,28 @@ def test_model_knob_the_arch_does_not_take_is_rejected(tmp_path, tiny_overrides)
     proc = rkd("train", "preset:digits_standard", *tiny_overrides, "model.depth=28", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "model" in proc.stderr and "depth" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_cache_build_reuses_lists_and_detects_corruption(tmp_path, tiny_overrides):
+    """`rkd cache build` computes a run's adversarial set once (the second call reuses the same
+    key), `ls` lists it, `verify` passes, and after one flipped byte `verify` fails (exit 1)."""
+    from rkd.config import load_config
+    from rkd.experiment import run_experiment
+
+    run_dir = tmp_path / "source"
+    run_experiment(load_config("preset:digits_standard", tiny_overrides + ["eval.enabled=false", "train.epochs=1"]),
+                   run_dir=run_dir)
+    root = tmp_path / "cache"
+    build = ["cache", "build", str(run_dir), "--steps", "3", "--limit", "16", "--root", str(root)]
+    first, second = rkd(*build, cwd=tmp_path), rkd(*build, cwd=tmp_path)
+    key = first.stdout.split()[1].rstrip(":")
+    assert second.stdout.split()[1].rstrip(":") == key and [p.name for p in root.iterdir()] == [key]
+    listing = rkd("cache", "ls", "--root", str(root), cwd=tmp_path).stdout
+    assert key[:16] in listing and "ok" in listing and "eps=8/255" in listing and "n=16" in listing
+    assert rkd("cache", "verify", "--root", str(root), cwd=tmp_path).returncode == 0
+    adv = root / key / "adv.npy"
+    data = bytearray(adv.read_bytes())
+    data[-1] ^= 0xFF
+    adv.write_bytes(bytes(data))
+    bad = rkd("cache", "verify", "--root", str(root), cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "CORRUPT" in bad.stdout
