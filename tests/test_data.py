@@ -27,6 +27,7 @@ from rkd.data import (
     train_transform,
 )
 from rkd.data.digits import digits_split_indices
+from rkd.data.masking import random_patch_mask
 
 # ---- writers for the official formats -----------------------------------------------------------
 
@@ -427,3 +428,29 @@ def test_registry_and_info(tmp_path):
 
     for name in list_datasets():
         get_normalization(dataset_info(name).norm)  # every dataset has normalisation stats
+
+
+# --------------------------------------------------- masking (MACD's student input, rkd/data/masking.py)
+@pytest.mark.parametrize("patch,ratio", [(8, 0.7), (4, 0.65), (2, 0.8), (16, 0.75)])
+def test_exactly_round_ratio_l_patches_zeroed_per_sample(patch, ratio):
+    x = torch.rand(6, 3, 32, 32) + 0.1  # strictly positive: zeros come from the mask only
+    out, mask = random_patch_mask(x, patch, ratio, torch.Generator().manual_seed(0))
+    num = (32 // patch) ** 2
+    assert mask.shape == (6, 32 // patch, 32 // patch)
+    assert (mask.flatten(1).sum(1) == round(ratio * num)).all()
+    # a zeroed square is all zeros in every channel, a kept one is untouched
+    full = mask.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1).expand_as(x).bool()
+    assert (out[full] == 0).all() and torch.equal(out[~full], x[~full])
+    assert len({tuple(m.flatten().tolist()) for m in mask}) > 1  # masks drawn per sample
+
+
+def test_seeded_generator_repeats_and_ratio_zero_keeps_the_image():
+    x = torch.rand(2, 3, 16, 16)
+    a = random_patch_mask(x, 4, 0.5, torch.Generator().manual_seed(3))[1]
+    b = random_patch_mask(x, 4, 0.5, torch.Generator().manual_seed(3))[1]
+    assert torch.equal(a, b)
+    assert torch.equal(random_patch_mask(x, 4, 0.0)[0], x)
+    with pytest.raises(ValueError):
+        random_patch_mask(x, 5, 0.5)
+    with pytest.raises(ValueError):
+        random_patch_mask(x, 4, 1.0)

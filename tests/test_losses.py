@@ -370,3 +370,28 @@ def test_temperature_must_be_positive(T):
         temperature_cross_entropy(z, y, T)
     with pytest.raises(ValueError, match="temperature"):
         soft_cross_entropy(z, z, T)
+
+
+# ------------------------------------------------------------------------- MACD (contrastive)
+def test_macd_robust_loss_terms():
+    """KL + normalised L2: zero for identical features; the normalised term is 2 - 2cos and
+    scale-invariant; the KL matches its definition; the teacher gets no gradient."""
+    from rkd.losses.contrastive import feature_kl, macd_robust_loss, normalized_l2
+
+    torch.manual_seed(0)
+    s = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    assert feature_kl(t, t).item() == pytest.approx(0, abs=1e-12)
+    assert normalized_l2(t, t).item() == pytest.approx(0, abs=1e-12)
+    cos = torch.nn.functional.cosine_similarity(s, t, dim=1)
+    assert normalized_l2(s, t).item() == pytest.approx((2 - 2 * cos).mean().item(), rel=1e-9)
+    assert normalized_l2(3.0 * s, t).item() == pytest.approx(normalized_l2(s, t).item(), rel=1e-9)
+    p_t, log_p_s = t.softmax(1), s.log_softmax(1)
+    expected = (p_t * (p_t.log() - log_p_s)).sum(1).mean()
+    assert feature_kl(s, t).item() == pytest.approx(expected.item(), rel=1e-9)
+    total, terms = macd_robust_loss(s, t)
+    assert total.item() == pytest.approx((terms["kl"] + terms["nl2"]).item())
+    total.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+    with pytest.raises(ValueError):
+        feature_kl(s, t[:, :8])

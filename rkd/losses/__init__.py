@@ -1,6 +1,8 @@
 """Loss functions over tensors (no models, no config): feature-map distances, the Jacobian
-random-projection loss, the Shafahi GAP-L2 loss, and temperature-scaled distillation losses."""
+random-projection loss, the Shafahi GAP-L2 loss, temperature-scaled distillation losses, and
+MACD's KL + normalised-L2 robustness loss."""
 
+from rkd.losses.contrastive import feature_kl, macd_robust_loss, normalized_l2
 from rkd.losses.distillation import soft_cross_entropy, temperature_cross_entropy
 from rkd.losses.feature_maps import FEATURE_DISTANCES, feature_distance, feature_map_loss
 from rkd.losses.gap_l2 import gap_l2_loss
@@ -12,6 +14,7 @@ from rkd.losses.jacobian import (
 )
 
 __all__ = [
-    "FEATURE_DISTANCES", "JACOBIAN_ESTIMATORS", "PROJECTION_REDUCTIONS", "feature_distance", "feature_map_loss", "gap_l2_loss",
+    "FEATURE_DISTANCES", "JACOBIAN_ESTIMATORS", "PROJECTION_REDUCTIONS", "feature_kl", "macd_robust_loss",
+    "normalized_l2", "feature_distance", "feature_map_loss", "gap_l2_loss",
     "jacobian_projection_loss", "random_unit_like", "soft_cross_entropy", "temperature_cross_entropy",
 ]
