@@ -164,11 +164,10 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
     if cfg.method.name in TEACHER_METHODS:  # first: training a teacher must not shift the student's RNG
         teacher, teacher_run = load_teacher(cfg.method.teacher, device, parent_run_id=parent_run_id,
                                             tracking=cfg.tracking)
-        t_method = teacher_run.cfg.method
-        if cfg.method.name == "defensive_distillation" and getattr(t_method, "temperature", 1.0) != cfg.method.temperature:
+        t_teacher = getattr(teacher_run.cfg.method, "temperature", 1.0)
+        if cfg.method.name == "defensive_distillation" and t_teacher != cfg.method.temperature:
             warnings.warn(f"defensive distillation at T={cfg.method.temperature:g} from a teacher trained at "
-                          f"T={getattr(t_method, 'temperature', 1.0):g}; Papernot et al. use the same T for both",
-                          stacklevel=2)
+                          f"T={t_teacher:g}; Papernot et al. use the same T for both", stacklevel=2)
     seed_everything(cfg.seed)
     model = build_model(cfg)  # before the data: a bad model setting fails in a second
     train_set, test_set, num_classes = build_datasets(cfg.data)

@@ -43,6 +43,7 @@ class TeacherRun:
     cfg: ExperimentConfig
     key: str | None          # cache key (None for an explicit run_dir)
     trained_now: bool        # trained (or resumed) by this call rather than loaded
+    state: dict | None = None  # the verified weights, when this call already read them
 
 
 def teacher_key(cfg: ExperimentConfig) -> str:
@@ -120,8 +121,7 @@ def ensure_teacher(spec: TeacherConfig, *, parent_run_id: str | None = None,
         status = _status(run_dir) if run_dir.is_dir() else None
         if status == "FINISHED" and (run_dir / "model.pt").is_file():
             try:
-                verified_torch_load(run_dir / "model.pt")
-                return TeacherRun(run_dir, cfg, key, False)
+                return TeacherRun(run_dir, cfg, key, False, verified_torch_load(run_dir / "model.pt"))
             except CheckpointError as exc:
                 _move_aside(run_dir, f"model.pt is unusable ({exc})")
         resume = run_dir.is_dir() and latest_checkpoint(run_dir / "checkpoints") is not None
@@ -139,5 +139,5 @@ def load_teacher(spec: TeacherConfig, device="cpu", *, parent_run_id: str | None
 
     run = ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking)
     model = build_model(run.cfg)
-    model.load_state_dict(verified_torch_load(run.run_dir / "model.pt"))
+    model.load_state_dict(run.state if run.state is not None else verified_torch_load(run.run_dir / "model.pt"))
     return model.to(device).eval(), run

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from rkd.engine.checkpoint import sha256_file
+from rkd.engine.checkpoint import atomic_write, sha256_file
 
 from .key import FORMAT_VERSION, is_key, key_from_parts
 
@@ -89,19 +89,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _file_record(path: Path, arr: np.ndarray) -> dict:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "shape": list(arr.shape),
             "dtype": str(arr.dtype)}
@@ -137,7 +124,7 @@ def save(root: PathLike, key: str, adv: torch.Tensor, labels: torch.Tensor, *,
     try:
         files = {}
         for name, arr in ((ADV_FILE, a), (LABELS_FILE, y)):
-            _atomic_write(staging / name, lambda f, arr=arr: np.save(f, arr, allow_pickle=False))
+            atomic_write(staging / name, lambda f, arr=arr: np.save(f, arr, allow_pickle=False))
             files[name] = _file_record(staging / name, arr)
         meta = dict(info or {})
         meta.update({
@@ -148,7 +135,7 @@ def save(root: PathLike, key: str, adv: torch.Tensor, labels: torch.Tensor, *,
             "files": files,
         })
         text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        _atomic_write(staging / META_FILE, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(staging / META_FILE, lambda f: f.write(text.encode("utf-8")))
         _fsync_dir(staging)
         for attempt in range(2):
             try:

@@ -86,16 +86,12 @@ class ModelConfig(Strict):
         # lazily so that loading the config layer stays light (no torch until validation).
         import re
 
-        import torch
-
-        from rkd.models import create_model, list_models
+        from rkd.models import list_models
 
         if self.arch not in list_models():
             raise ValueError(f"unknown arch {self.arch!r}; valid: {', '.join(sorted(list_models()))}")
-        structural = {k: v for k, v in self.kwargs().items() if k not in ("weights_path", "pretrained")}
         try:
-            with torch.device("meta"):  # builds the module graph without allocating weights
-                create_model(self.arch, **structural)
+            self.meta_model()
         except TypeError as exc:
             m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
             key = f"model.{m.group(1)}" if m else "model"
@@ -107,6 +103,16 @@ class ModelConfig(Strict):
     def kwargs(self) -> dict:
         """Keyword arguments for :func:`rkd.models.create_model` (only the ones that are set)."""
         return {k: v for k, v in self.model_dump(exclude={"arch"}).items() if v is not None}
+
+    def meta_model(self):
+        """The architecture built on the meta device (module graph only, no weights, no files)."""
+        import torch
+
+        from rkd.models import create_model
+
+        structural = {k: v for k, v in self.kwargs().items() if k not in ("weights_path", "pretrained")}
+        with torch.device("meta"):
+            return create_model(self.arch, **structural)
 
 
 # ------------------------------------------------------------------------------------ attacks
@@ -345,7 +351,6 @@ MethodConfig = Annotated[
     Field(discriminator="name"),
 ]
 METHOD_NAMES = ("standard", "adversarial", "trades", "robust_kd", "shafahi", "defensive_distillation")
-DISTILLATION_METHODS = ("robust_kd", "shafahi", "defensive_distillation")
 
 
 # -------------------------------------------------------------------------------------- train
@@ -484,13 +489,7 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _stages_exist(self):
         if self.method.name == "robust_kd":
-            import torch
-
-            from rkd.models import create_model
-
-            with torch.device("meta"):
-                n = create_model(self.model.arch, **{k: v for k, v in self.model.kwargs().items()
-                                                     if k not in ("weights_path", "pretrained")}).num_stages
+            n = self.model.meta_model().num_stages
             for key in ("stages", "jacobian_stages"):
                 st = getattr(self.method, key) or []
                 if any(i > n for i in st):

@@ -13,7 +13,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -35,23 +35,29 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """Save ``obj`` to ``path`` atomically and write its checksum sidecar."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write a file atomically: ``write(f)`` into a temp file in the same directory, fsync,
+    rename over ``path``. A crash leaves either the old file or the new one, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
-        digest = sha256_file(tmp)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    side = _sidecar(path)
-    side_tmp = side.with_name(side.name + ".tmp")
-    side_tmp.write_text(f"{digest}  {path.name}\n")
-    os.replace(side_tmp, side)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """Save ``obj`` to ``path`` atomically and write its checksum sidecar."""
+    path = atomic_write(path, lambda f: torch.save(obj, f))
+    digest = sha256_file(path)
+    atomic_write(_sidecar(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
     return path
 
 

@@ -28,7 +28,7 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> None:
     """Copy the teacher's backbone weights into the student and give the student a freshly
     initialised head for its own classes (the Robust-KD and Shafahi recipe)."""
     num_classes = student.num_classes
-    head_keys = {f"{n}" for n, _ in _classifier_params(teacher)}
+    head_keys = _head_keys(teacher)
     state = {k: v for k, v in teacher.state_dict().items() if k not in head_keys}
     own = student.state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
@@ -43,7 +43,8 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> None:
     student.reset_classifier(num_classes)
 
 
-def _classifier_params(model: nn.Module):
+def _head_keys(model: nn.Module) -> set[str]:
+    """state_dict names of the classifier's parameters and buffers."""
     head = model.get_classifier()
     ids = {id(t) for t in list(head.parameters()) + list(head.buffers())}
-    return [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers()) if id(t) in ids]
+    return {n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if id(t) in ids}
