@@ -43,8 +43,10 @@ from rkd.evaluation import accuracy, evaluate, make_results, write_results
 from rkd.evaluation.robust_accuracy import eval_subset
 from rkd.data.loader import make_loader
 from rkd.methods import TEACHER_METHODS, build_method
-from rkd.models import create_model
-from rkd.teachers import load_teacher
+from rkd.models import create_model, set_input_size
+from rkd.adversarial_cache import CacheCorruptError, cached_adversarial_set
+from rkd.data import paired_dataset
+from rkd.teachers import ensure_teacher, load_teacher
 from rkd.tracking import MlflowRun, resolve_tracking_uri
 
 
@@ -92,7 +94,8 @@ def num_classes_of(data_cfg) -> int:
 def build_model(cfg: ExperimentConfig, num_classes: int | None = None):
     """The configured model (its knobs were checked against the architecture by the schema)."""
     num_classes = num_classes_of(cfg.data) if num_classes is None else num_classes
-    return create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **cfg.model.kwargs())
+    model = create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **cfg.model.kwargs())
+    return set_input_size(model, cfg.model.input_size) if cfg.model.input_size is not None else model
 
 
 def unique_dir(parent: str | Path, stem: str) -> Path:
@@ -143,11 +146,13 @@ def _write_run_json(run_dir: Path, **updates) -> None:
 
 def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, resume: bool = False,
                    callbacks: Iterable[Callback] = (), parent_run_id: str | None = None,
-                   tags: dict | None = None, rank: int = 0) -> RunOutput:
+                   tags: dict | None = None, rank: int = 0, adversarial_set: torch.Tensor | None = None) -> RunOutput:
     """Train and evaluate one configured run; returns where it is and what it measured.
 
     ``resume=True`` continues the newest checkpoint in ``run_dir`` (and reopens its MLflow run,
     so a resumed run is still one run). Any exception marks the MLflow run FAILED and re-raises.
+    ``adversarial_set`` (MACD): the one-time adversarial examples of the training set, when the
+    caller already has them (e.g. from Ray's object store); otherwise the on-disk cache is used.
     """
     device = resolve_device(cfg.device)
     if run_dir is not None:
@@ -160,20 +165,29 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
         raise ValueError("resume=True needs the run_dir to resume")
     previous = _read_run_json(run_dir) if resume else {}
 
+    m = cfg.method
     teacher = teacher_run = None
-    if cfg.method.name in TEACHER_METHODS:  # first: training a teacher must not shift the student's RNG
-        teacher, teacher_run = load_teacher(cfg.method.teacher, device, parent_run_id=parent_run_id,
-                                            tracking=cfg.tracking)
+    if m.name in TEACHER_METHODS and m.teacher is not None:  # first: training a teacher must not shift the student's RNG
+        teacher, teacher_run = load_teacher(m.teacher, device, parent_run_id=parent_run_id, tracking=cfg.tracking)
         t_teacher = getattr(teacher_run.cfg.method, "temperature", 1.0)
-        if cfg.method.name == "defensive_distillation" and t_teacher != cfg.method.temperature:
-            warnings.warn(f"defensive distillation at T={cfg.method.temperature:g} from a teacher trained at "
+        if m.name == "defensive_distillation" and t_teacher != m.temperature:
+            warnings.warn(f"defensive distillation at T={m.temperature:g} from a teacher trained at "
                           f"T={t_teacher:g}; Papernot et al. use the same T for both", stacklevel=2)
+    source, source_run = _load_source(cfg, device, parent_run_id)
+    start_state = None
+    if m.name == "mae" and m.start_from is not None:  # stage 2 starts from stage 1's weights
+        start_run = ensure_teacher(m.start_from, parent_run_id=parent_run_id, tracking=cfg.tracking)
+        start_state = start_run.state if start_run.state is not None else verified_torch_load(start_run.run_dir / "model.pt")
     seed_everything(cfg.seed)
     model = build_model(cfg)  # before the data: a bad model setting fails in a second
+    if start_state is not None:
+        _load_mae_start(model, start_state)
     train_set, test_set, num_classes = build_datasets(cfg.data)
     if num_classes != num_classes_of(cfg.data):
         raise ValueError(f"{cfg.data.dataset}: {num_classes} classes in the data, expected {num_classes_of(cfg.data)}")
-    method = build_method(cfg.method, model, teacher)
+    if m.name == "macd" and m.adversarial:
+        train_set = macd_training_set(cfg, train_set, source, device, adversarial_set)
+    method = build_method(m, model, teacher, source=source, seed=cfg.seed)
     if run_dir is None:  # only once everything could be built
         run_dir = unique_dir(cfg.output_dir, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,20 +200,25 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
     if teacher_run is not None:
         teacher_info = {"run_dir": str(teacher_run.run_dir), "name": teacher_run.cfg.name, "key": teacher_run.key}
         run_tags["rkd.teacher_run_dir"] = str(teacher_run.run_dir.resolve())
+    source_info = None
+    if source_run is not None:
+        source_info = {"run_dir": str(source_run.run_dir), "name": source_run.cfg.name, "key": source_run.key}
+        run_tags["rkd.source_run_dir"] = str(source_run.run_dir.resolve())
     tracker = MlflowRun(cfg.tracking, run_name=cfg.name, tags=run_tags, parent_run_id=parent_run_id,
                         run_id=previous.get("mlflow_run_id"), rank=rank)
     with tracker:
         if rank == 0:
             _write_run_json(run_dir, name=cfg.name, mlflow_run_id=tracker.run_id, status="RUNNING",
                             tracking_uri=resolve_tracking_uri(cfg.tracking.tracking_uri) if tracker.enabled else None,
-                            device=str(device), teacher=teacher_info)
+                            device=str(device), teacher=teacher_info, source=source_info)
         try:
             if not resume:
                 tracker.log_config(cfg)
             trainer = Trainer(
                 method, train_set, cfg.train, batch_size=cfg.data.batch_size, device=device, seed=cfg.seed,
                 num_workers=cfg.data.num_workers, rank=rank,
-                eval_fn=clean_accuracy_fn(test_set, device, cfg.data.eval_batch_size),
+                eval_fn=(mae_loss_fn(test_set, device, cfg.data.eval_batch_size, m.mask_ratio, m.stage) if m.name == "mae"
+                         else clean_accuracy_fn(test_set, device, cfg.data.eval_batch_size)),
                 callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(run_dir / "history.json"),
                            CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every,
                                               cfg.train.keep_checkpoints),
@@ -212,8 +231,9 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
             if rank == 0:
                 atomic_torch_save(model.state_dict(), run_dir / "model.pt")
                 if cfg.eval.enabled:
-                    body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size)
-                    results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id, teacher_info),
+                    body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size,
+                                    source=source, source_label=source_info and source_info["name"])
+                    results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id, teacher_info, source_info),
                                            train_wall_time_s=trainer.wall_time)
                     tracker.log_results(results, list(write_results(results, run_dir)))
                 else:
@@ -229,12 +249,80 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
     return RunOutput(run_dir, results, trainer.history, tracker.run_id, trainer.wall_time)
 
 
-def _run_info(cfg: ExperimentConfig, run_dir: Path, mlflow_run_id: str | None, teacher: dict | None = None) -> dict:
+def _run_info(cfg: ExperimentConfig, run_dir: Path, mlflow_run_id: str | None, teacher: dict | None = None,
+              source: dict | None = None) -> dict:
     info = {"name": cfg.name, "method": cfg.method.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
             "run_dir": str(run_dir), "mlflow_run_id": mlflow_run_id}
     if teacher is not None:
         info["teacher"] = teacher
+    if source is not None:
+        info["source"] = source
     return info
+
+
+def _source_spec(cfg: ExperimentConfig):
+    """The standard model a run attacks: MACD's ``method.source``, or ``eval.transfer.source``."""
+    if cfg.eval.transfer is not None and cfg.eval.transfer.source is not None:
+        if cfg.method.name == "macd" and cfg.eval.transfer.source != cfg.method.source:
+            raise ValueError("eval.transfer.source differs from method.source; MACD is evaluated against the "
+                             "model its adversarial examples came from")
+        return cfg.eval.transfer.source
+    if cfg.method.name == "macd":
+        return cfg.method.source
+    return None
+
+
+def _load_source(cfg: ExperimentConfig, device, parent_run_id: str | None):
+    spec = _source_spec(cfg)
+    if spec is None:
+        return None, None
+    return load_teacher(spec, device, parent_run_id=parent_run_id, tracking=cfg.tracking)
+
+
+def macd_training_set(cfg: ExperimentConfig, train_set, source, device, adversarial_set: torch.Tensor | None = None):
+    """MACD's training data: each clean image paired with its one-time adversarial example
+    (PGD against ``source``; from ``adversarial_set`` when given, else from the on-disk cache,
+    built there on first use), augmented together (:func:`rkd.data.paired_dataset`)."""
+    m = cfg.method
+    clean = train_set.with_transform(None)
+    if adversarial_set is None:
+        adversarial_set, labels = cached_adversarial_set(m.cache_dir, source, clean, m.attack.attack_params(), cfg.seed,
+                                                         batch_size=cfg.data.eval_batch_size, device=device)
+        if not torch.equal(labels, clean.labels):
+            raise CacheCorruptError("-", "the cached adversarial set's labels differ from the training set's")
+    return paired_dataset(clean, adversarial_set).with_transform(train_set.transform)
+
+
+def _load_mae_start(model, state: dict) -> None:
+    """Stage-1 weights into the stage-2 teacher: everything but the feature module must match
+    (stage 1 may have used another fusion; its feature module was never trained anyway)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("feature_module.")] + [
+        k for k in unexpected if not k.startswith("feature_module.")]
+    if bad:
+        raise ValueError(f"method.start_from: its weights do not fit this MAE ({bad[:4]}); use the same MAE sizes")
+
+
+def mae_loss_fn(test_set, device, batch_size: int, mask_ratio: float, stage: str, max_samples: int | None = 1000):
+    """Per-epoch validation of an MAE: its training loss (of ``stage``) on (the first
+    ``max_samples`` of) the test set, with masks from a fixed seed so epochs are comparable."""
+    loader = make_loader(eval_subset(test_set, max_samples), batch_size)
+
+    def fn(model):
+        was = model.training
+        model.eval()
+        gen = torch.Generator(device=device).manual_seed(0)
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for x, _ in loader:
+                x = x.to(device)
+                loss = model.mae(x, mask_ratio, gen)[0] if stage == "reconstruction" else model.mae_loss(x, mask_ratio, gen)[0]
+                total += loss.item() * x.shape[0]
+                n += x.shape[0]
+        model.train(was)
+        return {"val_mae_loss": total / max(n, 1)}
+
+    return fn
 
 
 def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
@@ -260,11 +348,14 @@ def evaluate_run(run_dir: str | Path, *, eval_overrides: Iterable[str] = (), eva
     cfg = load_config(str(run_dir / "config.yaml"), overrides) if overrides else base
     device = resolve_device(cfg.device)
     _, model, test_set = load_trained_model(run_dir, device)
+    source, source_run = _load_source(cfg, device, None)
     previous = _read_run_json(run_dir)
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     with MlflowRun(tracking, run_name=cfg.name, run_id=previous.get("mlflow_run_id")) as tracker:
-        body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size)
-        results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id, previous.get("teacher")),
+        body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size, source=source,
+                        source_label=source_run.cfg.name if source_run is not None else None)
+        results = make_results(body, run=_run_info(cfg, run_dir, tracker.run_id, previous.get("teacher"),
+                                                   previous.get("source")),
                                train_wall_time_s=previous.get("train_wall_time_s"))
         files = write_results(results, run_dir)
         tracker.log_results(results, list(files))

@@ -39,11 +39,16 @@ QUICKSTART_METHODS: list[tuple[str, str]] = [
     ("Robust-KD w/o L_J (digits+ -> digits-)", "preset:digits_robust_kd_no_jacobian"),
     ("Robust-KD w/o L_fm (digits+ -> digits-)", "preset:digits_robust_kd_no_features"),
     ("Robust-KD (digits+ -> digits-)", "preset:digits_robust_kd"),
+    ("MACD (MAE teacher, one-time PGD-40 set)", "preset:digits_macd"),
     ("DD teacher: standard at T=20", "preset:digits_dd_teacher"),
     ("defensive distillation (T=20)", "preset:digits_defensive_distillation"),
 ]
 #: rows of the defensive-distillation table (keys as in :func:`method_keys`)
 DISTILLATION_ROWS = ("standard", "dd_teacher", "defensive_distillation")
+#: rows of the MACD table, evaluated under both protocols (the transfer source is MACD's own)
+MACD_ROWS = ("standard", "adversarial", "trades", "macd")
+#: white-box columns shown next to the transfer protocol in the MACD table
+MACD_WHITE_BOX = [("FGSM 8/255", "white-box"), ("PGD-7 Linf 8/255", "white-box")]
 
 
 def _key(preset: str) -> str:
@@ -101,11 +106,22 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
             continue
         mine = overrides_for(_key(preset)) + [f"output_dir={output_dir}"]
         cfg = load_config(preset, mine)
-        if cfg.method.name in TEACHER_METHODS and cfg.method.teacher.config is not None:
-            spec = teacher_spec(cfg.method.teacher.config)
-            cfg = load_config(preset, mine + [f"method.teacher.cache_dir={teacher_cache}",
-                                              f"method.teacher.overrides={json.dumps(spec.overrides)}"])
-        configs.append((label, preset, cfg))
+        for role in ("teacher", "source"):  # the cached models a student names go through one cache
+            spec = getattr(cfg.method, role, None) if cfg.method.name in TEACHER_METHODS else None
+            if spec is not None and spec.config is not None:
+                cached = teacher_spec(spec.config)
+                mine += [f"method.{role}.cache_dir={teacher_cache}",
+                         f"method.{role}.overrides={json.dumps(cached.overrides)}"]
+        if cfg.method.name == "macd":
+            mine += [f"method.cache_dir={Path(output_dir) / 'adv_cache'}",
+                     f"eval.transfer.cache_dir={Path(output_dir) / 'adv_cache'}"]
+        configs.append((label, preset, load_config(preset, mine)))
+    macd = next((c for _, _, c in configs if not isinstance(c, TeacherConfig) and c.method.name == "macd"), None)
+    if macd is not None:  # the baselines of the MACD table: the same transfer protocol, the same source
+        transfer = macd.eval.transfer.model_copy(update={"source": macd.method.source})
+        configs = [(label, preset, c.model_copy(update={"eval": c.eval.model_copy(update={"transfer": transfer})})
+                    if _key(preset) in MACD_ROWS and not isinstance(c, TeacherConfig) and c.method.name != "macd"
+                    else c) for label, preset, c in configs]
     qdir = unique_dir(output_dir, "quickstart")
     first = configs[0][2]
     tracking: TrackingConfig = (load_config(first.config, first.overrides) if isinstance(first, TeacherConfig)
@@ -128,11 +144,20 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
             rows.append((label, results))
             runs.append({"key": _key(preset), "label": label, "run_dir": str(run_dir), "mlflow_run_id": run_id,
                          "results": results})
-        table = comparison_table(rows)
+        table = comparison_table(rows, protocols=("white-box",))
         n = rows[0][1]["num_samples"]
         summary_md = (f"# rkd quickstart\n\nAccuracy (%) on the {n} digits test images, white-box attacks "
                       f"(FGSM, PGD-7); train time = wall time of training on this machine (a student's "
                       f"excludes its teacher's, shown in the teacher's own row).\n\n{table}")
+        macd_rows = [(r["label"], r["results"]) for r in runs if r["key"] in MACD_ROWS]
+        if any(a["protocol"] == "transfer" for _, r in macd_rows for a in r["attacks"]):
+            source = next(a["source_model"] for _, r in macd_rows for a in r["attacks"] if a["protocol"] == "transfer")
+            summary_md += ("\n## MACD: published (transfer) protocol and white-box\n\nTransfer: the attacks run "
+                           f"against the standard model ({source}, trained once and cached) and each model "
+                           "classifies the resulting examples (MACD's published protocol); white-box: the attacks "
+                           "run against each model itself. A sample counts when the model is right on both the "
+                           "clean image and the attacked one. MACD's train time excludes its MAE teacher and the "
+                           f"one-time adversarial set.\n\n{comparison_table(macd_rows, MACD_WHITE_BOX, ('transfer',))}")
         dd_rows = [(r["label"], r["results"]) for r in runs if r["key"] in DISTILLATION_ROWS]
         if any(r.get("jsma") or r.get("input_gradient") for _, r in dd_rows):
             summary_md += ("\n## Defensive distillation\n\nAccuracy (%) under FGSM and CW, targeted JSMA "

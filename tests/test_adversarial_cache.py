@@ -298,3 +298,26 @@ def test_save_race_and_bad_meta(tmp_path, built):
     (d1 / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CacheCorruptError, match="key_parts"):
         load(tmp_path, key)
+
+
+def test_cached_attack_set_any_kind_is_reused_and_keyed_by_attack(tmp_path, model, data, monkeypatch):
+    from rkd.adversarial_cache import cached_attack_set
+
+    calls = []
+    real = build_mod.run_attack_over
+    monkeypatch.setattr(build_mod, "run_attack_over", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a1, l1, k1 = cached_attack_set(tmp_path, model, data, "fgsm", {"eps": 8 / 255}, 0, batch_size=8, return_key=True)
+    a2, l2, k2 = cached_attack_set(tmp_path, model, data, "fgsm", {"eps": 8 / 255}, 0, batch_size=8, return_key=True)
+    assert len(calls) == 1 and k1 == k2 and torch.equal(a1, a2) and torch.equal(l1, l2)
+    clean = data.tensors()[0]
+    assert (a1 - clean).abs().max() <= 8 / 255 + 1e-6 and a1.min() >= 0 and a1.max() <= 1
+    _, _, k3 = cached_attack_set(tmp_path, model, data, "fgsm", {"eps": 4 / 255}, 0, batch_size=8, return_key=True)
+    assert k3 != k1 and len(calls) == 2
+    # PGD through this entry point shares the PGD cache entries
+    _, _, kp = cached_attack_set(tmp_path, model, data, "pgd", {"norm": "linf", "eps": 8 / 255, "steps": 2}, 0,
+                                 batch_size=8, return_key=True)
+    from rkd.adversarial_cache import cached_adversarial_set
+
+    _, _, kq = cached_adversarial_set(tmp_path, model, data, {"norm": "linf", "eps": 8 / 255, "steps": 2}, 0,
+                                      batch_size=8, return_key=True)
+    assert kp == kq

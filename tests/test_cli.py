@@ -129,3 +129,50 @@ def test_cache_build_reuses_lists_and_detects_corruption(tmp_path, tiny_override
     adv.write_bytes(bytes(data))
     bad = rkd("cache", "verify", "--root", str(root), cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "CORRUPT" in bad.stdout
+
+
+def test_macd_chain_end_to_end(tmp_path, tracking_uri):
+    """MAE stage 1 -> stage 2 -> standard source -> MACD, each trained once through the caches by
+    one `rkd train`; results carry both protocols; a second MACD run reuses the MAE teacher, the
+    source and the one-time adversarial set (nothing is trained or attacked again)."""
+    common = ("data: {dataset: synthetic, limit_train: 48, limit_test: 24, batch_size: 16, flip: false}\n"
+              f"tracking: {{tracking_uri: '{tracking_uri}', log_model: false}}\n"
+              f"output_dir: {tmp_path / 'runs'}\n")
+    mae = ("model: {arch: mae_vit_tiny, embed_dim: 16, depth: 1, num_heads: 2, decoder_embed_dim: 8, decoder_num_heads: 2}\n"
+           "train: {epochs: 1, optimizer: adamw, lr: 1e-3, warmup_epochs: 0, progress: none}\neval: {enabled: false}\n")
+    (tmp_path / "mae.yaml").write_text(f"name: mae1\n{common}{mae}method: {{name: mae, stage: reconstruction}}\n")
+    (tmp_path / "mae2.yaml").write_text(
+        f"name: mae2\n{common}{mae}method: {{name: mae, stage: feature, start_from: {{config: mae.yaml, "
+        f"cache_dir: {tmp_path / 'teachers'}}}}}\n".replace("embed_dim: 16,", "embed_dim: 16, fusion: concat_linear,"))
+    net = "model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\ntrain: {epochs: 1, warmup_epochs: 0, progress: none}\n"
+    (tmp_path / "std.yaml").write_text(f"name: std\n{common}{net}method: {{name: standard}}\n"
+                                       "eval: {attacks: [{kind: fgsm, eps: 8/255}]}\n")
+    (tmp_path / "macd.yaml").write_text(
+        f"name: macd\n{common}{net}"
+        f"method: {{name: macd, teacher: {{config: mae2.yaml, cache_dir: {tmp_path / 'teachers'}}}, "
+        f"source: {{config: std.yaml, cache_dir: {tmp_path / 'teachers'}}}, attack: {{steps: 3}}, "
+        f"cache_dir: {tmp_path / 'adv'}, student_patch: 4}}\n"
+        f"eval: {{attacks: [{{kind: fgsm, eps: 8/255}}], transfer: {{attacks: [{{kind: fgsm, eps: 8/255}}, "
+        f"{{kind: pgd, eps: 8/255, steps: 3}}], cache_dir: {tmp_path / 'adv'}}}}}\n")
+    rkd("train", "macd.yaml", cwd=tmp_path)
+    teachers = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "teachers").iterdir() if p.is_dir())
+    assert teachers == ["mae1", "mae2", "std"]
+    adv_entries = sorted(p.name for p in (tmp_path / "adv").iterdir() if not p.name.startswith("."))
+    assert len(adv_entries) == 3  # the one-time training set + two transfer attacks
+    (run,) = (tmp_path / "runs").glob("macd-*")
+    res = json.loads((run / "results.json").read_text())
+    protocols = [(a["name"], a["protocol"], a["source_model"]) for a in res["attacks"]]
+    assert protocols == [("FGSM 8/255", "white-box", None), ("FGSM 8/255", "transfer", "std"),
+                         ("PGD-3 Linf 8/255", "transfer", "std")]
+    assert res["run"]["source"]["name"] == "std" and res["run"]["teacher"]["name"] == "mae2"
+    assert "(transfer)" in (run / "results.md").read_text()
+    hist = json.loads((run / "history.json").read_text())
+    assert {"train_ce", "train_robust", "train_kl", "train_nl2"} <= set(hist[0])
+    mtimes = {p: p.stat().st_mtime for p in (tmp_path / "adv").rglob("*.npy")}
+    rkd("train", "macd.yaml", cwd=tmp_path)
+    assert {p: p.stat().st_mtime for p in (tmp_path / "adv").rglob("*.npy")} == mtimes  # reused, not rebuilt
+    assert len([p for p in (tmp_path / "teachers").iterdir() if p.is_dir()]) == 3
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("rkd")
+    names = sorted(r.info.run_name for r in client.search_runs([exp.experiment_id]))
+    assert names == ["macd", "macd", "mae1", "mae2", "std"]

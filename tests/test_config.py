@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -209,3 +211,54 @@ def test_every_shipped_job_config_validates():
     assert files, "no job configs found"
     for f in files:
         load_config(str(f))  # raises ConfigError naming the file and key
+
+
+# ---- MAE / MACD configs (issue 4) --------------------------------------------------------------
+def test_macd_and_mae_presets_validate():
+    macd = load_config("preset:digits_macd")
+    assert macd.method.name == "macd" and macd.method.attack.steps == 40 and macd.method.init == "source"
+    assert macd.eval.transfer is not None and len(macd.eval.transfer.attacks) == 6
+    mae = load_config("preset:digits_mae_feature")
+    assert mae.model.arch == "mae_vit_tiny" and mae.model.width is None  # arch change replaced the model section
+    assert mae.method.stage == "feature" and mae.method.start_from.config == "preset:digits_mae"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.student_patch=5", "must divide the image side 32"),
+    ("method.student_mask_ratio=1.0", "student_mask_ratio"),
+    ("method.teacher_mask_ratio=-0.1", "teacher_mask_ratio"),
+    ("method.teacher.config=preset:digits_standard", "must be an MAE run"),
+    ("method.distill=self", "unused with 'self'"),
+    ("method.attack.eps=8", "larger than the [0,1] pixel range"),
+    ("method.projection=random", "projection"),
+])
+def test_macd_bad_values_are_rejected_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("preset:digits_macd", [override])
+
+
+def test_mae_config_rules():
+    with pytest.raises(ConfigError, match="eval.enabled: false"):
+        load_config("preset:digits_mae", ["eval.enabled=true"])
+    with pytest.raises(ConfigError, match="set method.start_from"):
+        load_config("preset:digits_mae", ["method.stage=feature"])
+    with pytest.raises(ConfigError, match="mae_vit"):
+        load_config("preset:digits_mae", ["model={arch: resnet18}"])
+    with pytest.raises(ConfigError, match="no classifier"):
+        load_config("preset:digits_standard", ["model={arch: mae_vit_tiny}"])
+    with pytest.raises(ConfigError, match="eval.transfer.source is required"):
+        load_config("preset:digits_standard", ["eval.transfer={}"])
+    with pytest.raises(ConfigError, match="duplicate labels"):
+        load_config("preset:digits_macd", ["eval.transfer.attacks=[{kind: fgsm}, {kind: fgsm}]"])
+    assert load_config(None, ["model.input_size=224"]).model.input_size == 224
+
+
+def test_changing_arch_in_an_overlay_replaces_the_model_section(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model: {arch: resnet18, width: 8, layers: [1, 1, 1, 1]}\n")
+    same = tmp_path / "same.yaml"
+    same.write_text(f"base: {base.name}\nmodel: {{width: 4}}\n")
+    other = tmp_path / "other.yaml"
+    other.write_text(f"base: {base.name}\nmodel: {{arch: wrn16_4}}\n")
+    assert load_config(str(same)).model.layers == [1, 1, 1, 1]  # same arch: merged
+    assert load_config(str(other)).model.width is None  # new arch: the resnet knobs are gone

@@ -454,3 +454,20 @@ def test_seeded_generator_repeats_and_ratio_zero_keeps_the_image():
         random_patch_mask(x, 5, 0.5)
     with pytest.raises(ValueError):
         random_patch_mask(x, 4, 1.0)
+
+
+def test_paired_dataset_keeps_clean_and_copy_aligned_through_augmentation():
+    from rkd.data import paired_dataset
+
+    base = make_synthetic(True, n_train=12, num_classes=3, image_size=16, seed=1)
+    other = 1.0 - base.tensors()[0]  # a recognisable partner for every image
+    pd = paired_dataset(base.with_transform(train_transform(flip=True)), other)
+    assert pd.image_shape == (6, 16, 16) and torch.equal(pd.labels, base.labels)
+    torch.manual_seed(0)
+    x, _ = pd.get_batch(range(12), apply_transform=True)
+    clean, copy = x.chunk(2, dim=1)
+    assert not torch.equal(clean, base.tensors()[0])  # augmentation moved the images ...
+    inside = clean > 0  # (zero padding is the same for both halves)
+    assert torch.allclose(copy[inside], 1.0 - clean[inside], atol=1e-6)  # ... and each partner with its image
+    with pytest.raises(ValueError, match="match"):
+        paired_dataset(base, other[:5])

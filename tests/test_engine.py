@@ -157,3 +157,20 @@ def test_diverged_training_fails_with_a_clear_error_and_a_failed_run(tmp_path, t
     assert run["status"] == "FAILED" and "FloatingPointError" in run["error"]
     run_info = MlflowClient(cfg.tracking.tracking_uri).get_run(run["mlflow_run_id"]).info
     assert run_info.status == "FAILED"
+
+
+def test_a_method_without_logits_trains_and_reports_no_accuracy():
+    """An MAE has no classifier: the trainer runs it and leaves train_acc out (not 0)."""
+    from rkd.config.schema import TrainConfig
+    from rkd.data import make_synthetic
+    from rkd.engine import Trainer
+    from rkd.methods import MaeTraining
+    from rkd.models import create_model
+
+    torch.manual_seed(0)
+    teacher = create_model("mae_vit_tiny", embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=8, decoder_num_heads=2)
+    data = make_synthetic(True, n_train=32, seed=0)
+    t = Trainer(MaeTraining(teacher), data, TrainConfig(epochs=2, optimizer="adamw", lr=1e-3, progress="none"),
+                batch_size=16)
+    hist = t.fit()
+    assert "train_acc" not in hist[0] and hist[1]["train_recon"] < hist[0]["train_recon"]

@@ -238,3 +238,32 @@ def test_distillation_table_and_markdown(tmp_path, small_setup):
     assert "JSMA" in md and "| probabilities |" in md and "| logits |" in md and "Input gradient" in md
     md_old = results_markdown(old)
     assert "JSMA" not in md_old and "Input gradient" not in md_old and "FGSM 8/255" in md_old
+
+
+def test_transfer_protocol_attacks_the_source_and_classifies_with_the_model(tmp_path, setup):
+    """The published MACD protocol: examples made against the source; a model equal to the
+    source is as weak as white-box, an unrelated model is barely touched; entries are labelled."""
+    source, test = setup
+    other = _trained_linear(make_synthetic(True, n_train=200, seed=7))  # a different model, same task
+    cfg = load_config(None, ["eval.attacks=[{kind: pgd, eps: 8/255, steps: 5}]",
+                             "eval.transfer={source: {run_dir: unused}, attacks: [{kind: pgd, eps: 8/255, steps: 5}, "
+                             "{kind: fgsm, eps: 8/255}], cache_dir: " + str(tmp_path / "adv") + "}"]).eval
+    with pytest.raises(ValueError, match="source"):
+        evaluate(source, test, cfg, device="cpu")
+    same = evaluate(source, test, cfg, device="cpu", source=source, source_label="std")
+    entries = {(a["name"], a["protocol"]): a for a in same["attacks"]}
+    assert set(entries) == {("PGD-5 Linf 8/255", "white-box"), ("PGD-5 Linf 8/255", "transfer"),
+                            ("FGSM 8/255", "transfer")}
+    t = entries[("PGD-5 Linf 8/255", "transfer")]
+    assert t["source_model"] == "std" and t["params"]["attack"] == "pgd"
+    # against itself, the transfer examples are the white-box ones (same seed, same attack)
+    assert t["accuracy"] == pytest.approx(entries[("PGD-5 Linf 8/255", "white-box")]["accuracy"])
+    cached = sorted(p.name for p in (tmp_path / "adv").iterdir() if not p.name.startswith("."))
+    assert len(cached) == 2  # one entry per transfer attack
+    res = evaluate(other, test, cfg, device="cpu", source=source, source_label="std")
+    acc = {(a["name"], a["protocol"]): a["accuracy"] for a in res["attacks"]}
+    assert sorted(p.name for p in (tmp_path / "adv").iterdir() if not p.name.startswith(".")) == cached  # reused
+    assert acc[("PGD-5 Linf 8/255", "transfer")] > acc[("PGD-5 Linf 8/255", "white-box")]
+    assert acc[("PGD-5 Linf 8/255", "transfer")] <= res["clean_accuracy"]
+    table = comparison_table([("std", same), ("other", res)])
+    assert "PGD-5 Linf 8/255 (transfer)" in table and "PGD-5 Linf 8/255 (white-box)" in table

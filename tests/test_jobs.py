@@ -147,3 +147,35 @@ def test_defensive_distillation_shares_temperature():
     assert _load(paths[0]).eval.jsma.max_samples == 1000
     digits_t = sorted(_load(p).method.temperature for p in paths[1:])
     assert digits_t == [1, 2, 5, 10, 20, 50, 100]
+
+
+@pytest.mark.parametrize("ds, arch", [("cifar10", "resnet50"), ("cifar10", "wrn50"), ("cifar100", "resnet50"),
+                                      ("cifar100", "wrn50")])
+def test_macd_tables_1_to_4(ds, arch):
+    cfg = _load(f"jobs/macd/{ds}_{arch}/macd.yaml")
+    m = cfg.method
+    assert cfg.data.dataset == ds and cfg.model.input_size == 224 and cfg.train.epochs == 10
+    assert cfg.model.arch == {"resnet50": "tv_resnet50", "wrn50": "tv_wide_resnet50_2"}[arch]
+    assert (m.attack.steps, m.attack.eps, m.attack.norm) == (40, 8 / 255, "linf")
+    assert (m.teacher_mask_ratio, m.student_patch, m.student_mask_ratio) == (0.75, 8, 0.7)
+    assert m.source.config == f"jobs/macd/{ds}_{arch}/standard.yaml"
+    teacher = _load(m.teacher.config)
+    assert teacher.method.stage == "feature" and teacher.train.epochs == 20
+    assert teacher.model.arch == "mae_vit_base_patch16" and teacher.model.input_size == 224
+    stage1 = _load(teacher.method.start_from.config)
+    assert stage1.method.stage == "reconstruction" and stage1.train.epochs == 100
+    std = _load(m.source.config)
+    assert (std.train.lr, std.train.epochs, std.model.pretrained) == (0.003, 20, True)
+    labels = {a.label for a in cfg.eval.transfer.attacks}
+    assert labels == {a.label for a in std.eval.attacks}  # the source row: the same grid, white-box
+    assert {"FGSM 16/255", "AutoAttack-L2 8/255", "Jitter 16/255"} <= labels
+
+
+def test_macd_table6_grid_and_ablations():
+    cells = {(c.method.student_patch, c.method.student_mask_ratio)
+             for c in (_load(f) for f in FILES if f.startswith("jobs/macd/table6/"))}
+    assert cells == {(p, r) for p in (2, 4, 8, 16) for r in (0.65, 0.7, 0.75, 0.8)}
+    assert _load("jobs/macd/cifar10_resnet50/ablation_no_adversarial.yaml").method.adversarial is False
+    assert _load("jobs/macd/cifar10_resnet50/ablation_no_masking.yaml").method.masking is False
+    self_only = _load("jobs/macd/cifar10_resnet50/ablation_contrastive_only.yaml").method
+    assert self_only.distill == "self" and self_only.teacher is None

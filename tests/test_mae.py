@@ -188,15 +188,17 @@ def test_teacher_feature_target_matches_visible_positions(imgs):
 
 def test_registered_constructors():
     assert {"mae_vit_base_patch16", "mae_vit_tiny"} <= set(list_models())
-    m = create_model("mae_vit_tiny", num_classes=10, mean="cifar100")  # num_classes is ignored
+    t = create_model("mae_vit_tiny", num_classes=10, mean="cifar100")  # num_classes is ignored
+    assert isinstance(t, MAETeacher) and t.feature_module.fusion == "add" and t.pool == "cls"
+    m = t.mae
     assert (m.img_size, m.patch_size, m.embed_dim, len(m.blocks)) == (32, 4, 64, 2)
     assert (m.decoder_embed_dim, len(m.decoder_blocks)) == (32, 1)
     loss, pred, mask = m(torch.rand(2, 3, 32, 32))
     assert torch.isfinite(loss) and pred.shape == (2, 64, 48)
     with torch.device("meta"):  # the paper's size, without allocating weights
-        big = create_model("mae_vit_base_patch16")
+        big = create_model("mae_vit_base_patch16", fusion="concat_linear", pool="mean").mae
     assert (big.num_patches, big.embed_dim, len(big.blocks), len(big.decoder_blocks)) == (196, 768, 12, 8)
-    assert create_model("mae_vit_tiny", depth=3).blocks.__len__() == 3
+    assert create_model("mae_vit_tiny", depth=3).mae.blocks.__len__() == 3
 
 
 def test_model_config_accepts_mae():

@@ -375,3 +375,108 @@ def test_standard_training_at_temperature(model, small_batch, T):
     assert torch.equal(m(x), z)
     cfg = load_config(None, [f"method.temperature={T}"])
     assert build_method(cfg.method, model).temperature == T
+
+
+# ---- MACD and MAE training (issue 4) ---------------------------------------------------------
+from rkd.methods import Macd, MaeTraining  # noqa: E402
+
+
+def _mae_teacher(seed=0):
+    torch.manual_seed(seed)
+    return create_model("mae_vit_tiny", embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=8, decoder_num_heads=2,
+                        fusion="concat_linear")
+
+
+def _paired(small=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.rand(small, 3, 32, 32, generator=g)
+    adv = (clean + 0.03 * torch.randn(small, 3, 32, 32, generator=g)).clamp(0, 1)
+    return clean, adv, torch.randint(0, 10, (small,), generator=g)
+
+
+def test_macd_loss_is_ce_plus_kl_plus_normalised_l2(model):
+    from rkd.losses import macd_robust_loss
+
+    teacher = freeze(_mae_teacher())
+    m = Macd(model, teacher, student_patch=8, student_mask_ratio=0.5, teacher_mask_ratio=0.75).train()
+    clean, adv, y = _paired()
+    torch.manual_seed(3)
+    out = m.training_step(torch.cat([clean, adv], 1), y)
+    assert set(out.terms) == {"loss", "ce", "robust", "kl", "nl2"}
+    assert out.loss.item() == pytest.approx(out.terms["ce"].item() + out.terms["robust"].item(), rel=1e-5)
+    assert out.terms["robust"].item() == pytest.approx(out.terms["kl"].item() + out.terms["nl2"].item(), rel=1e-5)
+    # recompute by hand with the same random draws: student mask first, then the teacher's
+    from rkd.data.masking import random_patch_mask
+
+    torch.manual_seed(3)
+    masked, mask = random_patch_mask(clean, 8, 0.5)
+    assert (mask.flatten(1).sum(1) == 8).all()  # 16 squares of 8 px, half hidden
+    f = model.forward_features(masked)
+    s = model.forward_head(f, pre_logits=True)
+    with torch.no_grad():
+        t = teacher(adv, mask_ratio=0.75) @ m.teacher_proj  # 16 -> 32 features
+    robust, _ = macd_robust_loss(s, t)
+    assert out.terms["robust"].item() == pytest.approx(robust.item(), rel=1e-4)
+    assert out.terms["ce"].item() == pytest.approx(F.cross_entropy(model.forward_head(f), y).item(), rel=1e-4)
+
+
+def test_macd_trains_student_not_teacher_and_fixed_projection_is_saved(model):
+    teacher = freeze(_mae_teacher())
+    m = Macd(model, teacher, student_patch=4).train()
+    assert teacher.training is False and all(not p.requires_grad for p in teacher.parameters())
+    clean, adv, y = _paired()
+    m.training_step(torch.cat([clean, adv], 1), y).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in teacher.parameters())
+    state = m.trainable_state_dict()
+    assert "teacher_proj" in state and not any(k.startswith("teacher.") for k in state)
+    assert {id(p) for p in m.trainable_parameters()} == {id(p) for p in model.parameters()}
+
+
+def test_macd_learned_projection_maps_the_student_and_is_trained(model):
+    teacher = freeze(_mae_teacher())
+    m = Macd(model, teacher, student_patch=4, projection="learned").train()
+    assert isinstance(m.student_proj, nn.Linear) and m.student_proj.weight.shape == (16, model.num_features)
+    clean, adv, y = _paired()
+    m.training_step(torch.cat([clean, adv], 1), y).loss.backward()
+    assert m.student_proj.weight.grad is not None and m.student_proj.weight.grad.abs().sum() > 0
+
+
+def test_macd_ablations_change_what_each_side_sees(model, monkeypatch):
+    teacher = freeze(_mae_teacher())
+    seen = {}
+    real_forward = type(teacher).forward
+
+    def spy(self, imgs, mask_ratio=0.75, generator=None):
+        seen["teacher_in"], seen["ratio"] = imgs.clone(), mask_ratio
+        return real_forward(self, imgs, mask_ratio, generator)
+
+    monkeypatch.setattr(type(teacher), "forward", spy)
+    clean, adv, y = _paired()
+    Macd(model, teacher, student_patch=4).training_step(torch.cat([clean, adv], 1), y)
+    assert torch.equal(seen["teacher_in"], adv) and seen["ratio"] == 0.75
+    Macd(model, teacher, adversarial=False, student_patch=4).training_step(clean, y)  # Table 7: clean batches
+    assert torch.equal(seen["teacher_in"], clean)
+    Macd(model, teacher, masking=False, student_patch=4).training_step(torch.cat([clean, adv], 1), y)  # Table 8
+    assert seen["ratio"] == 0.0
+    selfm = Macd(model, None, distill="self", student_patch=4)  # Table 9: no MAE teacher
+    out = selfm.training_step(torch.cat([clean, adv], 1), y)
+    assert selfm.frozen == () and torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="paired"):
+        Macd(model, teacher, student_patch=4).training_step(torch.rand(2, 3, 32, 32), y[:2])
+
+
+def test_mae_training_stages(model):
+    teacher = _mae_teacher()
+    x = torch.rand(4, 3, 32, 32)
+    rec = MaeTraining(teacher, stage="reconstruction").train().training_step(x, None)
+    assert set(rec.terms) == {"loss", "recon"} and rec.logits is None
+    rec.loss.backward()
+    assert all(p.grad is None for p in teacher.feature_module.parameters())  # stage 1 leaves the module alone
+    teacher.zero_grad()
+    feat = MaeTraining(teacher, stage="feature").train().training_step(x, None)
+    assert set(feat.terms) == {"loss", "feature_mse", "recon"}
+    feat.loss.backward()
+    assert all(p.grad is not None for p in teacher.feature_module.parameters())
+    with pytest.raises(TypeError, match="MAE"):
+        MaeTraining(model)

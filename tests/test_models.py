@@ -249,3 +249,20 @@ def test_torchvision_adapter_weights_path_and_resize(tmp_path):
     assert out.shape == (1, 10)
     with pytest.raises(FileNotFoundError):
         create_model("tv_resnet50", 10, weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_input_size_resizes_inside_the_model():
+    from rkd.models import set_input_size
+
+    torch.manual_seed(0)
+    m = create_model("resnet18", 10, width=4, layers=[1, 1, 1, 1]).eval()
+    x = torch.rand(2, 3, 16, 16)
+    up = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    set_input_size(m, 32)
+    with torch.no_grad():
+        assert torch.allclose(m(x), m(up), atol=1e-5)  # 16 px in = the 32 px upsampled image
+    assert "size=32" in repr(m.normalize)
+    t = set_input_size(create_model("mae_vit_tiny", img_size=64, patch_size=8), 64)
+    assert t.feature_module is not None and t(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+    with pytest.raises(ValueError, match="InputNormalize"):
+        set_input_size(torch.nn.Linear(2, 2), 32)

@@ -14,7 +14,7 @@ built on GPU is reused on CPU and vice versa; they differ only by floating-point
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,8 @@ from rkd.data.loader import make_loader
 from .key import key_parts, key_from_parts
 from .store import PathLike, get_or_build
 
-__all__ = ["pgd_attack_spec", "build_adversarial_set", "cached_adversarial_set", "untransformed"]
+__all__ = ["pgd_attack_spec", "build_adversarial_set", "cached_adversarial_set", "cached_attack_set",
+           "run_attack_over", "untransformed"]
 
 _PGD_FIELDS = {f.name for f in fields(PGDAttack)}
 
@@ -96,6 +97,14 @@ def build_adversarial_set(model: nn.Module, dataset: Dataset, attack_params: Map
     """
     spec = pgd_attack_spec(attack_params)
     params = {k: v for k, v in spec.items() if k != "attack"}
+    return run_attack_over(model, dataset, lambda m, x, y: pgd(m, x, y, **params), seed, batch_size, device)
+
+
+def run_attack_over(model: nn.Module, dataset: Dataset, attack: Callable, seed: int, batch_size: int = 256,
+                    device: Union[str, torch.device] = "cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+    """``attack(model, x, y)`` over every item of ``dataset`` in order, without augmentation,
+    model in eval mode, global torch RNG seeded with ``seed`` and restored afterwards (see
+    :func:`build_adversarial_set`). Returns CPU ``(adv float32, labels int64)``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
@@ -110,7 +119,7 @@ def build_adversarial_set(model: nn.Module, dataset: Dataset, attack_params: Map
         for x, y in loader:
             x = x.to(device=device, dtype=torch.float32)
             y = torch.as_tensor(y).to(device)
-            x_adv = pgd(model, x, y, **params)
+            x_adv = attack(model, x, y)
             advs.append(x_adv.detach().to("cpu", torch.float32))
             labels.append(y.detach().to("cpu", torch.int64))
     finally:
@@ -121,6 +130,37 @@ def build_adversarial_set(model: nn.Module, dataset: Dataset, attack_params: Map
     if not advs:
         raise ValueError("the dataset is empty")
     return torch.cat(advs).contiguous(), torch.cat(labels)
+
+
+def cached_attack_set(root: PathLike, model: nn.Module, dataset: Dataset, kind: str, attack_params: Mapping[str, Any],
+                      seed: int, *, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
+                      dataset_fingerprint: Optional[str] = None, return_key: bool = False):
+    """Any attack of :func:`rkd.attacks.build_attack` (``kind`` + its parameters) over
+    ``dataset``, through the same content-addressed store as :func:`cached_adversarial_set`
+    (PGD goes through that function, so both spellings share entries). Used for the transfer
+    protocol: the examples of a source model, classified by other models."""
+    if kind == "pgd":
+        return cached_adversarial_set(root, model, dataset, attack_params, seed, batch_size=batch_size, device=device,
+                                      dataset_fingerprint=dataset_fingerprint, return_key=return_key)
+    from rkd.attacks import build_attack
+
+    fn = build_attack(kind, **attack_params)
+    spec = {"attack": kind, **{k: v for k, v in fn.describe().items() if k not in ("attack", "kind", "name")}}
+    return _through_store(root, model, dataset, spec, seed, batch_size, device, dataset_fingerprint, return_key,
+                          lambda: run_attack_over(model, dataset, fn, seed, batch_size, device))
+
+
+def _through_store(root, model, dataset, spec, seed, batch_size, device, dataset_fingerprint, return_key, build):
+    if dataset_fingerprint is None:
+        if not hasattr(dataset, "fingerprint"):
+            raise TypeError(f"{type(dataset).__name__} has no fingerprint(); pass dataset_fingerprint=")
+        dataset_fingerprint = dataset.fingerprint()
+    parts = key_parts(model, {**spec, "batch_size": int(batch_size)}, dataset_fingerprint, seed)
+    key = key_from_parts(parts)
+    info = {"key_parts": parts, "device": str(torch.device(device)),
+            "dataset_name": getattr(dataset, "name", None)}
+    adv, labels = get_or_build(root, key, build, info=info)
+    return (adv, labels, key) if return_key else (adv, labels)
 
 
 def cached_adversarial_set(root: PathLike, model: nn.Module, dataset: Dataset, attack_params: Mapping[str, Any],
@@ -134,17 +174,6 @@ def cached_adversarial_set(root: PathLike, model: nn.Module, dataset: Dataset, a
     ``(adv, labels, key)`` with ``return_key=True``.
     """
     spec = pgd_attack_spec(attack_params)
-    if dataset_fingerprint is None:
-        if not hasattr(dataset, "fingerprint"):
-            raise TypeError(f"{type(dataset).__name__} has no fingerprint(); pass dataset_fingerprint=")
-        dataset_fingerprint = dataset.fingerprint()
-    parts = key_parts(model, {**spec, "batch_size": int(batch_size)}, dataset_fingerprint, seed)
-    key = key_from_parts(parts)
-
-    def build():
-        return build_adversarial_set(model, dataset, spec, seed, batch_size=batch_size, device=device)
-
-    info = {"key_parts": parts, "device": str(torch.device(device)),
-            "dataset_name": getattr(dataset, "name", None)}
-    adv, labels = get_or_build(root, key, build, info=info)
-    return (adv, labels, key) if return_key else (adv, labels)
+    return _through_store(root, model, dataset, spec, seed, batch_size, device, dataset_fingerprint, return_key,
+                          lambda: build_adversarial_set(model, dataset, spec, seed, batch_size=batch_size,
+                                                        device=device))

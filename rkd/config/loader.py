@@ -55,17 +55,23 @@ def _read_yaml(source: str) -> tuple[dict, str, Path | None]:
     return data, where, folder
 
 
+#: sections replaced, not merged, when an overlay changes this key
+_SECTION_TAGS = {"method": "name", "model": "arch"}
+
+
 def deep_merge(base: dict, overlay: dict) -> dict:
     """Recursively merge mappings; overlay wins; lists are replaced, not concatenated.
 
-    A ``method`` overlay that changes ``name`` replaces the whole method section, since the
-    keys of one method mean nothing to another.
+    A ``method`` overlay that changes ``name``, or a ``model`` overlay that changes ``arch``,
+    replaces the whole section, since the keys of one method (architecture) mean nothing to
+    another.
     """
     out = copy.deepcopy(base)
     for key, value in overlay.items():
+        tag = _SECTION_TAGS.get(key)
         if (
             key in out and isinstance(out[key], dict) and isinstance(value, dict)
-            and not (key == "method" and value.get("name", out[key].get("name")) != out[key].get("name"))
+            and not (tag and value.get(tag, out[key].get(tag)) != out[key].get(tag))
         ):
             out[key] = deep_merge(out[key], value)
         else:

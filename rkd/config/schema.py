@@ -73,12 +73,28 @@ class ModelConfig(Strict):
     layers: Optional[list[Annotated[int, Field(gt=0)]]] = Field(
         None, description="blocks per stage (ResNet); None = the architecture's own"
     )
-    depth: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="WideResNet depth (6n+4)")
+    depth: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="WideResNet depth (6n+4); ViT blocks")
     widen_factor: Optional[Annotated[int, Field(gt=0)]] = None
     dropout: Optional[Annotated[float, Field(ge=0, lt=1)]] = Field(None, description="dropout inside WRN blocks")
     drop_rate: Optional[Annotated[float, Field(ge=0, lt=1)]] = Field(None, description="dropout before the head")
     weights_path: Optional[str] = Field(None, description="local state_dict for the torchvision models")
     pretrained: Optional[bool] = Field(None, description="torchvision ImageNet weights (needs internet or cache)")
+    input_size: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="resize inputs (bilinear, inside the model) to this side, e.g. 224 for the MACD "
+        "paper's models on 32x32 CIFAR; attacks and eps stay in the data's pixel space")
+    # ViT / MAE teacher knobs (mae_vit_*; 'depth' is the encoder depth)
+    img_size: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="MAE: input side it patchifies")
+    patch_size: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="MAE: patch side (the teacher's patch1)")
+    embed_dim: Optional[Annotated[int, Field(gt=0)]] = None
+    num_heads: Optional[Annotated[int, Field(gt=0)]] = None
+    decoder_embed_dim: Optional[Annotated[int, Field(gt=0)]] = None
+    decoder_depth: Optional[Annotated[int, Field(ge=0)]] = None
+    decoder_num_heads: Optional[Annotated[int, Field(gt=0)]] = None
+    norm_pix_loss: Optional[bool] = None
+    fusion: Optional[Literal["add", "concat_linear"]] = Field(None, description="MACD feature module fusion")
+    softmax_dim: Optional[Literal["channel", "token"]] = Field(None, description="MACD feature module softmax axis")
+    cls_separate: Optional[bool] = None
+    pool: Optional[Literal["cls", "mean"]] = Field(None, description="MAE teacher: [CLS] token or mean of tokens")
 
     @model_validator(mode="after")
     def _known_arch_and_knobs(self):
@@ -101,8 +117,9 @@ class ModelConfig(Strict):
         return self
 
     def kwargs(self) -> dict:
-        """Keyword arguments for :func:`rkd.models.create_model` (only the ones that are set)."""
-        return {k: v for k, v in self.model_dump(exclude={"arch"}).items() if v is not None}
+        """Keyword arguments for :func:`rkd.models.create_model` (only the ones that are set;
+        ``input_size`` is applied after construction, see :func:`rkd.models.set_input_size`)."""
+        return {k: v for k, v in self.model_dump(exclude={"arch", "input_size"}).items() if v is not None}
 
     def meta_model(self):
         """The architecture built on the meta device (module graph only, no weights, no files)."""
@@ -345,12 +362,107 @@ class DefensiveDistillationMethod(_DistillationMethod):
     init: Literal["teacher", "scratch"] = "scratch"
 
 
+class MaeMethod(Strict):
+    """MACD stage 1 (Zhang & Dong 2024, Algorithm 1): train the MAE teacher (``model.arch``
+    ``mae_vit_*``) on the training images (labels unused).
+
+    ``stage: reconstruction`` is the plain MAE (masked-patch MSE; the paper: 100 epochs);
+    ``stage: feature`` trains with the feature-learning module on
+    ``L_mae = MSE(F_o, F_e) + MSE(I_m, P_m)`` (the paper: 20 epochs), starting from the weights
+    of a reconstruction run given in ``start_from`` (a finished run directory, or a config
+    trained once and cached, like a teacher). The saved ``model.pt`` is the whole teacher
+    (encoder, decoder, feature module)."""
+
+    name: Literal["mae"]
+    stage: Literal["reconstruction", "feature"] = "reconstruction"
+    mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(
+        0.75, description="fraction of patches hidden from the encoder (paper: 0.75 in the training details, "
+        "0.85 in its Table 5)")
+    start_from: Optional[TeacherConfig] = Field(None, description="the reconstruction run stage 'feature' starts from")
+
+    @model_validator(mode="after")
+    def _start(self):
+        if self.stage == "feature" and self.start_from is None:
+            raise ValueError("method.stage 'feature' starts from a stage-'reconstruction' run: set method.start_from")
+        if self.stage == "reconstruction" and self.start_from is not None:
+            raise ValueError("method.start_from applies to stage 'feature' only")
+        return self
+
+
+class OneTimeAttackConfig(Strict):
+    """MACD stage 2: the PGD attack run once against the source (standard) model; its examples
+    are cached on disk (content-addressed, lossless) and reused every epoch."""
+
+    norm: Literal[NORMS] = "linf"  # type: ignore[valid-type]
+    eps: Annotated[Number, Field(gt=0)] = 8 / 255
+    steps: Annotated[int, Field(ge=1)] = 40
+    step_size: Optional[Annotated[Number, Field(gt=0)]] = Field(None, description="default 2.5*eps/steps")
+    random_start: bool = True
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"Linf eps {self.eps} is larger than the [0,1] pixel range; write e.g. 8/255")
+        return self
+
+    def attack_params(self) -> dict:
+        return {"norm": self.norm, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                "random_start": self.random_start}
+
+
+class MacdMethod(_DistillationMethod):
+    """MACD stage 3 (Zhang & Dong 2024, Algorithm 2): contrastive distillation from a frozen MAE
+    teacher into a CNN student.
+
+    Each step: the teacher sees the one-time adversarial example of each image (made once by
+    PGD against ``source``), MAE-masked at ``teacher_mask_ratio`` with the teacher's own patch
+    size (visible patches only); the student sees the clean image with ``student_mask_ratio``
+    of its ``student_patch`` squares zeroed. ``L = CE(head(S), y) + weight * (KL + normalised
+    L2)(S, P(T))`` with ``S`` the student's pooled backbone features and ``P`` a projection of
+    the teacher's features to the student's width.
+
+    Ablations (the paper's Tables 7-9): ``adversarial: false`` (the teacher sees the clean
+    image), ``masking: false`` (no masking on either side), ``distill: self`` (contrastive
+    learning only: the target is the student's own features of the adversarial image, no MAE).
+    """
+
+    name: Literal["macd"]
+    teacher: Optional[TeacherConfig] = Field(None, description="the MAE teacher (a method 'mae' stage 'feature' run)")
+    source: TeacherConfig = Field(description="the standard model attacked once (and the transfer protocol's source)")
+    init: Literal["source", "scratch"] = Field(
+        "source", description="student starts from the source model's weights (the paper's 10 distillation "
+        "epochs assume a trained network) or from scratch")
+    attack: OneTimeAttackConfig = Field(default_factory=OneTimeAttackConfig)
+    cache_dir: str = Field("runs/adv_cache", description="the on-disk adversarial cache")
+    teacher_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(0.75, description="ratio1 (patch1 = the MAE's patch size)")
+    student_patch: Annotated[int, Field(ge=1)] = Field(
+        8, description="patch2, in pixels of the student's input (model.input_size when set, else the data's)")
+    student_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(0.7, description="ratio2")
+    adversarial: bool = Field(True, description="false: the teacher sees clean images (Table 7)")
+    masking: bool = Field(True, description="false: neither side is masked (Table 8)")
+    distill: Literal["mae", "self"] = Field("mae", description="self: contrastive only, no MAE teacher (Table 9)")
+    projection: Literal["fixed", "learned"] = Field(
+        "fixed", description="matching widths: fixed = the teacher's features through a fixed random Gaussian "
+        "map to the student's width; learned = the student's features through a trained linear layer to the "
+        "teacher's width (the target is never trained either way)")
+    tau: Annotated[Number, Field(gt=0)] = Field(1.0, description="softmax temperature of the KL term")
+    weight: Annotated[Number, Field(ge=0)] = Field(1.0, description="weight of L_robust against CE")
+
+    @model_validator(mode="after")
+    def _teacher_needed(self):
+        if (self.teacher is None) != (self.distill == "self"):
+            raise ValueError("method.teacher (an MAE run) is required with distill 'mae' and unused with 'self'")
+        if not self.adversarial and self.distill == "self":
+            raise ValueError("distill 'self' contrasts the clean and adversarial views: it needs adversarial: true")
+        return self
+
+
 MethodConfig = Annotated[
     Union[StandardMethod, AdversarialMethod, TradesMethod, RobustKDMethod, ShafahiMethod,
-          DefensiveDistillationMethod],
+          DefensiveDistillationMethod, MaeMethod, MacdMethod],
     Field(discriminator="name"),
 ]
-METHOD_NAMES = ("standard", "adversarial", "trades", "robust_kd", "shafahi", "defensive_distillation")
+METHOD_NAMES = ("standard", "adversarial", "trades", "robust_kd", "shafahi", "defensive_distillation", "mae", "macd")
 
 
 # -------------------------------------------------------------------------------------- train
@@ -441,6 +553,39 @@ class JsmaEvalConfig(Strict):
         return self
 
 
+def _macd_transfer_grid() -> list[AttackConfig]:
+    """The MACD paper's grid: FGSM, PGD, AutoAttack (L2) and Jitter at eps 8/255 and 16/255
+    (eps in [0, 1] pixel units; the PGD step count is not stated, 20 here)."""
+    grid = []
+    for e, tag in ((8 / 255, "8/255"), (16 / 255, "16/255")):
+        grid += [AttackConfig(kind="fgsm", eps=e), AttackConfig(kind="pgd", eps=e, steps=20),
+                 AttackConfig(kind="autoattack", norm="l2", eps=e, name=f"AutoAttack-L2 {tag}"),
+                 AttackConfig(kind="jitter", eps=e, name=f"Jitter {tag}")]
+    return grid
+
+
+class TransferEvalConfig(Strict):
+    """MACD's published protocol: the attacks run against a ``source`` model (the standard
+    model), and their examples are classified by the evaluated model. Reported next to the
+    white-box grid, each entry labelled ``protocol: transfer`` with its source. The source's
+    examples are cached on disk (content-addressed) so that every model evaluated against the
+    same source sees the same examples."""
+
+    source: Optional[TeacherConfig] = Field(None, description="default: method.source of a macd run")
+    attacks: list[AttackConfig] = Field(default_factory=_macd_transfer_grid)
+    cache_dir: str = "runs/adv_cache"
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if not self.attacks:
+            raise ValueError("eval.transfer.attacks must not be empty")
+        labels = [a.label for a in self.attacks]
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise ValueError(f"eval.transfer.attacks has duplicate labels {sorted(dup)}; give them distinct 'name's")
+        return self
+
+
 class EvalConfig(Strict):
     enabled: bool = True
     attacks: list[AttackConfig] = Field(default_factory=_robust_kd_grid)
@@ -449,6 +594,7 @@ class EvalConfig(Strict):
     input_gradient: bool = Field(
         False, description="mean L1/L2 norm of the input gradient of the CE loss (at T = 1) over the test subset"
     )
+    transfer: Optional[TransferEvalConfig] = Field(None, description="MACD's transfer protocol, next to the white-box grid")
     max_samples: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="evaluate on the first N test samples (deterministic); None = all"
     )
@@ -485,6 +631,34 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _mae_and_macd(self):
+        m = self.method
+        is_mae_arch = self.model.arch.startswith("mae_")
+        if m.name == "mae":
+            if not is_mae_arch:
+                raise ValueError(f"method mae trains an MAE teacher: set model.arch to an mae_vit_* model, not {self.model.arch}")
+            if self.eval.enabled:
+                raise ValueError("method mae trains a feature extractor without a classifier: set eval.enabled: false")
+        elif is_mae_arch:
+            raise ValueError(f"{self.model.arch} has no classifier; it is trained by method mae only")
+        if self.eval.transfer is not None and self.eval.transfer.source is None and m.name != "macd":
+            raise ValueError("eval.transfer.source is required (only a macd run defaults to its method.source)")
+        if m.name == "macd":
+            from rkd.data import dataset_info
+
+            side = self.model.input_size or dataset_info(self.data.dataset).image_shape[-1]
+            if side % m.student_patch:
+                raise ValueError(f"method.student_patch {m.student_patch} must divide the image side {side} "
+                                 "(the model's input_size when set: the student is masked at that size)")
+            if m.teacher is not None and m.teacher.config is not None:
+                from rkd.config.loader import load_config
+
+                t = load_config(m.teacher.config, m.teacher.overrides)
+                if t.method.name != "mae":
+                    raise ValueError(f"method.teacher must be an MAE run (method mae), got method {t.method.name}")
+        return self
 
     @model_validator(mode="after")
     def _stages_exist(self):

@@ -21,6 +21,7 @@ from .arrays import TensorImageDataset, to_float_images
 from .digits import load_digits_dataset
 from .errors import DatasetIntegrityError, DatasetNotFoundError
 from .imagenet32 import load_imagenet32
+from .paired import paired_dataset
 from .splits import class_subset, half_split, half_split_indices, limit
 from .synthetic import make_synthetic
 from .torchvision_sets import load_cifar10, load_cifar100, load_svhn
@@ -162,6 +163,7 @@ __all__ = [
     "load_imagenet32",
     "load_svhn",
     "make_synthetic",
+    "paired_dataset",
     "to_float_images",
     "train_transform",
 ]

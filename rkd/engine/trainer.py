@@ -121,7 +121,7 @@ class Trainer:
         lr_at_start = self.optimizer.param_groups[0]["lr"]
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
-        seen = 0
+        seen = scored = 0
         for step, (x, y) in enumerate(self.loader):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
@@ -142,6 +142,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v.float() * n
             if out.logits is not None:
                 correct += (out.logits.argmax(1) == y).sum()
+                scored += n
             self._call("on_batch_end", step, out.terms)
         metrics = {f"train_{k}": (v / max(seen, 1)).item() for k, v in sums.items()}
         if not math.isfinite(metrics.get("train_loss", 0.0)):
@@ -149,8 +150,8 @@ class Trainer:
             terms = ", ".join(f"{k[6:]}={v:.4g}" for k, v in metrics.items())
             raise FloatingPointError(f"training diverged: non-finite loss in epoch {epoch + 1} ({terms}); "
                                      "lower the learning rate or the loss weights")
-        if seen:
-            metrics["train_acc"] = correct.item() / seen
+        if scored:  # methods without logits (an MAE) have no train accuracy
+            metrics["train_acc"] = correct.item() / scored
         metrics["lr"] = lr_at_start  # the LR of the epoch's first step (per-iteration schedule)
         return metrics
 

@@ -81,19 +81,22 @@ def _time(s: float | None) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-def comparison_table(rows: list[tuple[str, dict]]) -> str:
+def comparison_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str]] | None = None,
+                     protocols: tuple[str, ...] | None = None) -> str:
     """Markdown table, one row per (label, results): clean, every attack, train time.
 
-    Columns are the union of attack names in first-seen order, labelled with their protocol
-    when more than one protocol appears.
+    Columns are the union of attack names in first-seen order (only those of ``protocols``
+    when given, then ``columns``, ``(name, protocol)`` pairs, appended), labelled with their
+    protocol when more than one protocol appears.
     """
-    protocols = {a["protocol"] for _, r in rows for a in r["attacks"]}
     cols: list[tuple[str, str]] = []
     for _, r in rows:
         for a in r["attacks"]:
             key = (a["name"], a["protocol"])
-            if key not in cols:
+            if key not in cols and (protocols is None or a["protocol"] in protocols):
                 cols.append(key)
+    cols += [c for c in columns or [] if c not in cols]
+    protocols = {p for _, p in cols}
     head = ["method", "clean"] + [n if len(protocols) == 1 else f"{n} ({p})" for n, p in cols] + ["train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in rows:

@@ -96,9 +96,12 @@ def attack_entry(cfg: AttackConfig, acc: float, seconds: float, protocol: str = 
     }
 
 
-def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, batch_size: int = 256) -> dict:
-    """Run the clean + attack grid + optional step sweep, JSMA and input-gradient statistics;
-    returns the results dict body."""
+def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, batch_size: int = 256,
+             source: nn.Module | None = None, source_label: str | None = None) -> dict:
+    """Run the clean + attack grid + optional step sweep, JSMA and input-gradient statistics,
+    and (``cfg.transfer``) the transfer protocol against ``source``; returns the results dict body."""
+    if cfg.transfer is not None and source is None:
+        raise ValueError("eval.transfer needs the source model")
     data = eval_subset(test_set, cfg.max_samples)
     loader = make_loader(data, batch_size)
     t_start = time.perf_counter()
@@ -114,12 +117,54 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
         t0 = time.perf_counter()
         acc = accuracy(model, loader, device, fn)
         entries.append(attack_entry(a, acc, time.perf_counter() - t0, params=fn.describe()))
+    if cfg.transfer is not None:
+        entries += transfer_entries(model, data, cfg, source=source, source_label=source_label, device=device,
+                                    batch_size=batch_size)
     out["attacks"] = entries
     out["step_sweep"] = step_sweep(model, loader, cfg, device) if cfg.step_sweep else None
     out["jsma"] = jsma_eval(model, data, cfg, device, _num_classes(test_set), batch_size) if cfg.jsma else None
     out["input_gradient"] = input_gradient_stats(model, loader, device) if cfg.input_gradient else None
     out["eval_wall_time_s"] = time.perf_counter() - t_start
     return out
+
+
+def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source: nn.Module, source_label: str | None,
+                     device, batch_size: int = 256) -> list[dict]:
+    """MACD's published protocol (``protocol: transfer``): each attack of ``cfg.transfer`` runs
+    against ``source`` (in eval mode), and ``model`` classifies the examples. Accuracy counts a
+    sample when ``model`` is right on both the clean image and the source's adversarial example
+    (the convention of the white-box entries). The source's examples go through the on-disk
+    adversarial cache (``cfg.transfer.cache_dir``, keyed by the source's weights, the attack,
+    the data and the seed), so every model evaluated against one source sees identical examples
+    and they are computed once."""
+    from rkd.adversarial_cache import cached_attack_set
+
+    tc = cfg.transfer
+    clean_loader = make_loader(data, batch_size)
+    was_training = model.training
+    model.eval()
+    entries = []
+    try:
+        with torch.no_grad():
+            clean_ok = torch.cat([(model(x.to(device)).argmax(1) == y.to(device)).cpu() for x, y in clean_loader])
+        for a in tc.attacks:
+            params = a.attack_params()
+            if a.kind == "autoattack":
+                params["n_classes"] = _num_classes(data)
+            t0 = time.perf_counter()
+            adv, labels = cached_attack_set(tc.cache_dir, source, data, a.kind, params, cfg.seed,
+                                            batch_size=batch_size, device=device)
+            ok = []
+            with torch.no_grad():
+                for i in range(0, adv.shape[0], batch_size):
+                    xa, ya = adv[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+                    ok.append((model(xa).argmax(1) == ya).cpu())
+            acc = (torch.cat(ok) & clean_ok).float().mean().item()
+            entries.append(attack_entry(a, acc, time.perf_counter() - t0, protocol="transfer", source=source_label,
+                                        params={"attack": a.kind, **params}))
+    finally:
+        model.train(was_training)
+    return entries
 
 
 def _num_classes(dataset) -> int:

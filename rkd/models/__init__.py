@@ -9,7 +9,8 @@ Build models by name::
 Registered names (``list_models()``): ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``
 (CIFAR-style, 32x32), ``wide_resnet``, ``wrn16_4``, ``wrn28_10``, ``wrn34_10`` (pre-activation
 WRN, 32x32), ``tv_resnet50``, ``tv_wide_resnet50_2`` (torchvision ImageNet architectures,
-224x224), plus whatever ``rkd.models.mae`` registers when present.
+224x224), and the MACD teacher ``mae_vit_base_patch16`` / ``mae_vit_tiny`` (an MAE plus the
+feature-learning module, :class:`~rkd.models.mae.MAETeacher`; a feature extractor, no classifier).
 
 The interface every classifier implements is documented in :mod:`rkd.models.base`.
 
@@ -17,27 +18,23 @@ Extending: write ``rkd/models/<family>.py``, decorate constructors with
 ``@register_model`` (from :mod:`rkd.models.registry`) and import the module below.
 """
 
-import importlib
-import importlib.util
-
 from .base import FeatureModel
-from .normalize import NORMALIZATION_STATS, InputNormalize, get_normalization, resolve_stats
+from .normalize import NORMALIZATION_STATS, InputNormalize, get_normalization, resolve_stats, set_input_size
 from .registry import create_model, get_model_fn, is_model, list_models, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101
 from .torchvision_adapters import TorchvisionResNetAdapter, tv_resnet50, tv_wide_resnet50_2
 from .wide_resnet import WideResNet, wide_resnet, wrn16_4, wrn28_10, wrn34_10
 
-# Optional model families written separately: imported (and so registered) when present.
-# Only the absence of the module itself is tolerated; an error inside it propagates.
-for _optional in ("mae",):
-    if importlib.util.find_spec(f"{__name__}.{_optional}") is not None:
-        importlib.import_module(f"{__name__}.{_optional}")
+from .mae import FeatureLearningModule, MAETeacher, MaskedAutoencoderViT, mae_vit_base_patch16, mae_vit_tiny
 
 __all__ = [
     "BasicBlock",
     "Bottleneck",
     "FeatureModel",
+    "FeatureLearningModule",
     "InputNormalize",
+    "MAETeacher",
+    "MaskedAutoencoderViT",
     "NORMALIZATION_STATS",
     "ResNet",
     "TorchvisionResNetAdapter",
@@ -47,12 +44,15 @@ __all__ = [
     "get_normalization",
     "is_model",
     "list_models",
+    "mae_vit_base_patch16",
+    "mae_vit_tiny",
     "register_model",
     "resnet18",
     "resnet34",
     "resnet50",
     "resnet101",
     "resolve_stats",
+    "set_input_size",
     "tv_resnet50",
     "tv_wide_resnet50_2",
     "wide_resnet",

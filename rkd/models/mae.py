@@ -27,8 +27,9 @@ Conventions
   sees; this is what the reference MAE does, whose loader normalises before the model). With
   ``norm_pix_loss=True`` each target patch is further standardised by its own mean/variance.
 
-Registered constructors: ``mae_vit_base_patch16`` (the paper's 224 px, patch 16, 12 x 768
-encoder, 8 x 512 decoder) and ``mae_vit_tiny`` (32 px, patch 4, for CPU tests).
+Registered constructors (both return the whole :class:`MAETeacher`, which is what both MAE
+training stages train and save): ``mae_vit_base_patch16`` (the paper's 224 px, patch 16,
+12 x 768 encoder, 8 x 512 decoder) and ``mae_vit_tiny`` (32 px, patch 4, for CPU tests).
 """
 
 from __future__ import annotations
@@ -499,37 +500,42 @@ class MAETeacher(nn.Module):
 # ------------------------------------------------------------------------------ constructors
 
 
-def _mae(num_classes: Optional[int], defaults: dict, kwargs: dict) -> MaskedAutoencoderViT:
+def _teacher(num_classes: Optional[int], defaults: dict, kwargs: dict) -> MAETeacher:
     # ``num_classes`` is accepted (and ignored) because generic builders pass it to every
-    # registered model; an MAE has no classifier head.
+    # registered model; the teacher is a feature extractor without a classifier head.
     del num_classes
-    return MaskedAutoencoderViT(**{**defaults, **kwargs})
+    module_kw = {k: kwargs.pop(k) for k in ("fusion", "softmax_dim", "cls_separate") if k in kwargs}
+    pool = kwargs.pop("pool", "cls")
+    mae = MaskedAutoencoderViT(**{**defaults, **kwargs})
+    return MAETeacher(mae, FeatureLearningModule(mae.embed_dim, **module_kw), pool=pool)
 
 
 @register_model
 def mae_vit_base_patch16(
     num_classes: Optional[int] = None, mean: StatsArg = None, std: StatsArg = None, **kwargs
-) -> MaskedAutoencoderViT:
-    """MACD's MAE: 224 px, patch 16, encoder 12 x 768 (12 heads), decoder 8 x 512 (16 heads).
+) -> MAETeacher:
+    """MACD's teacher at the paper's size: MAE at 224 px, patch 16, encoder 12 x 768 (12 heads),
+    decoder 8 x 512 (16 heads), plus the feature-learning module.
 
-    ``num_classes`` is ignored (no classifier); other keywords override the defaults.
+    Keywords: any :class:`MaskedAutoencoderViT` argument, ``fusion``/``softmax_dim``/
+    ``cls_separate`` (:class:`FeatureLearningModule`) and ``pool`` (:class:`MAETeacher`).
+    ``num_classes`` is ignored. Both MAE training stages train (and save) this whole module;
+    stage 1 leaves the feature module untouched (its loss does not use it).
     """
     defaults = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
                     decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mean=mean, std=std)
-    return _mae(num_classes, defaults, kwargs)
+    return _teacher(num_classes, defaults, kwargs)
 
 
 @register_model
 def mae_vit_tiny(
     num_classes: Optional[int] = None, mean: StatsArg = None, std: StatsArg = None, **kwargs
-) -> MaskedAutoencoderViT:
-    """CPU-sized MAE for tests: 32 px, patch 4 (64 patches), encoder 2 x 64 (4 heads), decoder 1 x 32 (4 heads).
-
-    ``num_classes`` is ignored (no classifier); other keywords override the defaults.
-    """
+) -> MAETeacher:
+    """CPU-sized MACD teacher (tests, digits): 32 px, patch 4 (64 patches), encoder 2 x 64
+    (4 heads), decoder 1 x 32 (4 heads). Keywords as :func:`mae_vit_base_patch16`."""
     defaults = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4,
                     decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4, mean=mean, std=std)
-    return _mae(num_classes, defaults, kwargs)
+    return _teacher(num_classes, defaults, kwargs)
 
 
 __all__ = [
