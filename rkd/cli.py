@@ -1,4 +1,4 @@
-"""``rkd`` command line: train, eval, quickstart, cache.
+"""``rkd`` command line: train, eval, quickstart, cache, tune, report.
 
 Every command validates its whole configuration before doing any work; a configuration error
 prints the file and key and exits with status 2.
@@ -25,6 +25,8 @@ def _cmd_train(args) -> int:
     if args.resume and args.config and "=" in args.config:  # `rkd train --resume DIR k=v`
         args.overrides.insert(0, args.config)
         args.config = None
+    if args.workers is not None:
+        args.overrides.append(f"scaling.num_workers={args.workers}")
     if args.resume:
         cfg = load_config(f"{args.resume}/config.yaml", args.overrides)
         out = run_experiment(cfg, run_dir=args.resume, resume=True)
@@ -32,12 +34,53 @@ def _cmd_train(args) -> int:
         if not args.config:
             raise SystemExit("rkd train: give CONFIG (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
+        if cfg.scaling.num_workers > 0:  # a TorchTrainer on the Ray cluster
+            from rkd.orchestration import connect
+            from rkd.orchestration.train import fit
+
+            connect(args.address, tracking_uri=cfg.tracking.tracking_uri)
+            res = fit(cfg, run_dir=args.run_dir)
+            print(f"run directory: {res['run_dir']}")
+            if res.get("mlflow_run_id"):
+                print(f"mlflow run id: {res['mlflow_run_id']}")
+            results_md = __import__("pathlib").Path(res["run_dir"]) / "results.md"
+            if results_md.is_file():
+                print(results_md.read_text())
+            return 0
         out = run_experiment(cfg, run_dir=args.run_dir)
     print(f"run directory: {out.run_dir}")
     if out.mlflow_run_id:
         print(f"mlflow run id: {out.mlflow_run_id}")
     if out.results:
         print((out.run_dir / "results.md").read_text())
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from rkd.config.tune_space import load_space
+
+    space = load_space(args.space)  # a bad space fails here, before Ray starts
+    from rkd.orchestration import connect
+    from rkd.orchestration.tune import run_sweep
+
+    connect(args.address, num_cpus=args.num_cpus, tracking_uri=space.base.tracking.tracking_uri)
+    summary = run_sweep(args.space, resume=args.resume, name=args.name, max_concurrent_trials=args.max_concurrent)
+    print(f"sweep {summary['sweep']}: {len(summary['trials'])} trials, metric {summary['metric']} ({summary['mode']})")
+    for t in summary["trials"]:
+        obj = t["metrics"].get("objective")
+        state = "error" if t["error"] else ("done" if t["metrics"].get("done") == 1 else "stopped")
+        print(f"  {state:8} objective={obj if obj is None else f'{obj:.4f}'} {json.dumps(t['config'])}")
+    if summary["best"]:
+        print(f"best: {json.dumps(summary['best']['config'])} objective={summary['best']['metrics']['objective']:.4f}")
+    print(f"sweep directory: {summary['path']}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from rkd.tracking.report import experiment_table
+
+    print(experiment_table(args.experiment, tracking_uri=args.tracking_uri, parent_run_id=args.parent,
+                           protocols=tuple(args.protocol) if args.protocol else None))
     return 0
 
 
@@ -56,7 +99,7 @@ def _cmd_quickstart(args) -> int:
     from rkd.quickstart import run_quickstart
 
     try:
-        run_quickstart(args.overrides, output_dir=args.output_dir, only=args.only)
+        run_quickstart(args.overrides, output_dir=args.output_dir, only=args.only, parallel=args.parallel)
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -127,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides")
     t.add_argument("--run-dir", help="run directory (default <output_dir>/<name>-<timestamp>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint")
+    t.add_argument("--workers", type=int, default=None,
+                   help="Ray Train workers (= scaling.num_workers; 0 = in-process, no Ray)")
+    t.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS, else a local one)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a finished run directory",
@@ -151,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("overrides", nargs="*", help="key=value overrides applied to every method")
     q.add_argument("--output-dir", default="runs")
     q.add_argument("--only", nargs="+", metavar="METHOD", help="run only these (e.g. standard adversarial)")
+    q.add_argument("--parallel", type=int, default=1,
+                   help="trials at once (default 1: each gets every CPU, so the train times compare)")
     q.set_defaults(func=_cmd_quickstart)
 
     c = sub.add_parser("cache", help="the content-addressed cache of one-time adversarial examples",
@@ -174,6 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--root", default="runs/adv_cache", help="cache directory (default runs/adv_cache)")
     csub.choices["verify"].add_argument("key", nargs="?", help="only this entry")
     c.set_defaults(func=_cmd_cache)
+
+    tu = sub.add_parser("tune", help="hyperparameter sweep of a tune_spaces/*.yaml space on Ray Tune",
+                        description="Validate SPACE, then run its trials on the Ray cluster ($RAY_ADDRESS or a "
+                        "local one), one nested MLflow run per trial. --resume continues an interrupted sweep "
+                        "without rerunning finished trials.")
+    tu.add_argument("space", help="space file, e.g. tune_spaces/robust_kd.yaml")
+    tu.add_argument("--resume", action="store_true", help="resume the sweep of this name")
+    tu.add_argument("--name", default=None, help="sweep name (default sweep-<space>)")
+    tu.add_argument("--address", default=None)
+    tu.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster")
+    tu.add_argument("--max-concurrent", type=int, default=None, help="cap on concurrent trials")
+    tu.set_defaults(func=_cmd_tune)
+
+    r = sub.add_parser("report", help="paper-style comparison table from the MLflow runs of an experiment")
+    r.add_argument("--experiment", required=True)
+    r.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    r.add_argument("--parent", default=None, help="only the nested runs of this parent run (a sweep)")
+    r.add_argument("--protocol", nargs="+", choices=("white-box", "transfer"), help="only these protocols")
+    r.set_defaults(func=_cmd_report)
     return p
 
 

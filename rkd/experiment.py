@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from rkd.data import build_dataset, class_subset, dataset_info, half_split, limi
 from rkd.data.transforms import train_transform
 from rkd.engine import (
     Callback,
+    DistributedEpochSampler,
+    GradientAllReduce,
     CheckpointCallback,
     HistoryCallback,
     ProgressCallback,
@@ -146,24 +149,38 @@ def _write_run_json(run_dir: Path, **updates) -> None:
 
 def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, resume: bool = False,
                    callbacks: Iterable[Callback] = (), parent_run_id: str | None = None,
-                   tags: dict | None = None, rank: int = 0, adversarial_set: torch.Tensor | None = None) -> RunOutput:
+                   tags: dict | None = None, rank: int = 0, adversarial_set: torch.Tensor | None = None,
+                   world_size: int = 1, resume_from: str | Path | None = None,
+                   mlflow_run_id: str | None = None, allow_existing: bool = False) -> RunOutput:
     """Train and evaluate one configured run; returns where it is and what it measured.
 
     ``resume=True`` continues the newest checkpoint in ``run_dir`` (and reopens its MLflow run,
     so a resumed run is still one run). Any exception marks the MLflow run FAILED and re-raises.
     ``adversarial_set`` (MACD): the one-time adversarial examples of the training set, when the
     caller already has them (e.g. from Ray's object store); otherwise the on-disk cache is used.
+
+    Data-parallel use (a Ray Train worker): ``rank`` / ``world_size`` of the process group; each
+    rank takes its shard of every epoch (:class:`~rkd.engine.DistributedEpochSampler`) with
+    ``ceil(batch_size / world_size)`` images per step, gradients are averaged after each backward,
+    and only rank 0 writes files, tracks and evaluates. ``resume_from``: a trainer checkpoint file
+    to continue from (Ray's ``get_checkpoint()``); ``mlflow_run_id``: an MLflow run to log into
+    (created by the driver, so a restarted worker group continues the same run).
+    ``allow_existing``: the run directory may hold files of an earlier attempt of this same run
+    (an orchestrator's restart before the first checkpoint); they are overwritten.
     """
     device = resolve_device(cfg.device)
     if run_dir is not None:
         run_dir = Path(run_dir)
         if resume and latest_checkpoint(run_dir / "checkpoints") is None:
             raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoints/epoch_*.pt")
-        if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        if not (resume or allow_existing or resume_from is not None) and rank == 0 and run_dir.is_dir() \
+                and any(run_dir.iterdir()):
             raise FileExistsError(f"run directory {run_dir} is not empty; resume it or choose another")
     elif resume:
         raise ValueError("resume=True needs the run_dir to resume")
     previous = _read_run_json(run_dir) if resume else {}
+    if mlflow_run_id is not None:
+        previous["mlflow_run_id"] = mlflow_run_id
 
     m = cfg.method
     teacher = teacher_run = None
@@ -212,19 +229,25 @@ def run_experiment(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, 
                             tracking_uri=resolve_tracking_uri(cfg.tracking.tracking_uri) if tracker.enabled else None,
                             device=str(device), teacher=teacher_info, source=source_info)
         try:
-            if not resume:
+            if not resume and resume_from is None:
                 tracker.log_config(cfg)
+            sampler, extra = None, []
+            if world_size > 1:
+                sampler = DistributedEpochSampler(len(train_set), rank, world_size, seed=cfg.seed)
+                extra = [GradientAllReduce()]
             trainer = Trainer(
-                method, train_set, cfg.train, batch_size=cfg.data.batch_size, device=device, seed=cfg.seed,
-                num_workers=cfg.data.num_workers, rank=rank,
+                method, train_set, cfg.train, batch_size=math.ceil(cfg.data.batch_size / world_size), device=device,
+                seed=cfg.seed, num_workers=cfg.data.num_workers, rank=rank, sampler=sampler,
                 eval_fn=(mae_loss_fn(test_set, device, cfg.data.eval_batch_size, m.mask_ratio, m.stage) if m.name == "mae"
                          else clean_accuracy_fn(test_set, device, cfg.data.eval_batch_size)),
                 callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(run_dir / "history.json"),
                            CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every,
                                               cfg.train.keep_checkpoints),
-                           tracker.callback(), *callbacks],
+                           tracker.callback(), *extra, *callbacks],
             )
-            if resume:
+            if resume_from is not None:
+                trainer.resume(resume_from)
+            elif resume:
                 _resume_checkpoint(trainer, run_dir)
             trainer.fit()
             results = None

@@ -7,8 +7,10 @@ second half (digits-) and is tested on the full digits test split.
 
 Each method of :data:`QUICKSTART_METHODS` is trained and evaluated on the Robust-KD grid; the
 job prints one comparison table with each method's training wall time, a defensive-distillation
-table (JSMA, FGSM, CW, input-gradient norms), and logs everything to MLflow: one parent run
-``quickstart`` with one nested run per method. Teachers are trained once and cached (under
+table (JSMA, FGSM, CW, input-gradient norms), a MACD table (transfer protocol and white-box), and
+logs everything to MLflow: one parent run ``quickstart`` with one nested run per method. The
+teachers are trained first; the other methods run as the trials of one Ray Tune launch on a
+local Ray cluster the job starts itself. Teachers are trained once and cached (under
 ``<output_dir>/teachers``, keyed by their config); a later quickstart reuses them and its table
 shows their original training time, marked "cached".
 """
@@ -16,6 +18,7 @@ shows their original training time, marked "cached".
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -23,7 +26,7 @@ from typing import Iterable
 from rkd.config import TrackingConfig, load_config
 from rkd.config.schema import TeacherConfig
 from rkd.evaluation import comparison_table, distillation_table, read_results
-from rkd.experiment import run_experiment, unique_dir
+from rkd.experiment import unique_dir
 from rkd.methods import TEACHER_METHODS
 from rkd.teachers import ensure_teacher
 from rkd.tracking import MlflowRun, resolve_tracking_uri
@@ -73,14 +76,24 @@ def _is_teacher(preset: str) -> bool:
     return "teacher" in _key(preset)
 
 
+def _loaded_models(cfg) -> list[TeacherConfig]:
+    """The cached models a run loads (teacher, MACD source, the transfer protocol's source)."""
+    m = cfg.method
+    specs = [getattr(m, "teacher", None), getattr(m, "source", None),
+             cfg.eval.transfer.source if cfg.eval.transfer is not None else None]
+    return [s for s in specs if s is not None]
+
+
 def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
-                   out=sys.stdout) -> dict:
+                   out=sys.stdout, parallel: int = 1) -> dict:
     """Run the quickstart.
 
     ``overrides`` are ``key=value`` for every method (teachers included), or
     ``METHOD:key=value`` for one (METHOD as in :func:`method_keys`, e.g.
     ``adversarial:method.attack.steps=3``). Every config is loaded and validated before the
-    first run starts.
+    first run starts. Teachers are trained first (once, cached); then every other row is a
+    trial of one Ray Tune launch on a local cluster started here (or ``$RAY_ADDRESS``),
+    ``parallel`` at a time (1: each trial has all CPUs, so train times compare).
     """
     keys = method_keys()
     targeted = [_split_override(o) for o in overrides]  # (method or None, key=value)
@@ -129,18 +142,42 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
 
     rows, runs = [], []
     with MlflowRun(tracking, run_name="quickstart", tags={"rkd.kind": "quickstart"}) as parent:
+        # 1. teachers, in table order, trained once (or found in the cache) by this process;
+        #    also whatever the other rows load (MAE teacher, MACD's standard source)
+        teachers = {}
         for label, preset, cfg in configs:
             if isinstance(cfg, TeacherConfig):
                 print(f"== {label}: teacher {preset}", file=out, flush=True)
-                t = ensure_teacher(cfg, parent_run_id=parent.run_id, tracking=tracking)
+                teachers[preset] = ensure_teacher(cfg, parent_run_id=parent.run_id, tracking=tracking)
+            else:
+                for spec in _loaded_models(cfg):
+                    ensure_teacher(spec, parent_run_id=parent.run_id, tracking=tracking)
+        # 2. every other row: one Tune launch on the local Ray cluster
+        students = {_key(p): c for _, p, c in configs if not isinstance(c, TeacherConfig)}
+        launched = {}
+        if students:
+            from rkd.orchestration import connect
+            from rkd.orchestration.tune import launch_runs
+
+            print(f"== {len(students)} runs as one Tune launch ({parallel} at a time): {', '.join(students)}",
+                  file=out, flush=True)
+            connect(num_cpus=os.cpu_count(), tracking_uri=tracking.tracking_uri)
+            launched = launch_runs(students, qdir, parent_run_id=parent.run_id, max_concurrent_trials=parallel,
+                                   name=qdir.name)
+        failed = {k: v["error"] for k, v in launched.items() if v.get("error")}
+        if failed:
+            raise RuntimeError("quickstart runs failed: " + "; ".join(f"{k}: {e}" for k, e in failed.items()))
+        for label, preset, cfg in configs:
+            if isinstance(cfg, TeacherConfig):
+                t = teachers[preset]
                 results = read_results(t.run_dir / "results.json")
                 run_dir, run_id = t.run_dir, results["run"].get("mlflow_run_id")
                 if not t.trained_now:
                     label = f"{label} (cached)"
             else:
-                print(f"== {label}: {cfg.name}", file=out, flush=True)
-                result = run_experiment(cfg, run_dir=qdir / cfg.name, parent_run_id=parent.run_id)
-                results, run_dir, run_id = result.results, result.run_dir, result.mlflow_run_id
+                run_dir = qdir / cfg.name
+                results = read_results(run_dir / "results.json")
+                run_id = results["run"].get("mlflow_run_id")
             rows.append((label, results))
             runs.append({"key": _key(preset), "label": label, "run_dir": str(run_dir), "mlflow_run_id": run_id,
                          "results": results})

@@ -4,7 +4,8 @@
 
 ``config``: an experiment config trained **once** and cached. The cache key is the SHA-256 of
 the teacher's fully resolved config without the keys that cannot change its weights
-(``tracking``, ``output_dir``, ``device``, ``train.progress``, ``eval``); the run lives in
+(``tracking``, ``output_dir``, ``device``, ``train.progress``, ``eval``, and ``scaling``, which says
+how a run executes -- data-parallel workers average the same gradients); the run lives in
 ``<cache_dir>/<name>-<key12>/`` and is reused by every later run naming the same teacher:
 
 * a FINISHED run whose ``model.pt`` verifies is loaded as it is;
@@ -34,7 +35,7 @@ from rkd.config.schema import TeacherConfig, TrackingConfig
 from rkd.engine import CheckpointError, latest_checkpoint, verified_torch_load
 
 #: config keys that do not influence a teacher's weights (left out of the cache key)
-_NOT_IN_KEY = ("tracking", "output_dir", "device", "eval")
+_NOT_IN_KEY = ("tracking", "output_dir", "device", "eval", "scaling")
 
 
 @dataclass

@@ -28,3 +28,22 @@ def tiny_overrides(tmp_path, tracking_uri):
         "train.warmup_epochs=0", "train.progress=none", "eval.max_samples=32",
         f"output_dir={tmp_path / 'runs'}", f"tracking.tracking_uri={tracking_uri}", "tracking.log_model=false",
     ]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One two-node local Ray cluster (ray.cluster_utils.Cluster, loopback only) shared by the
+    Ray tests of a module: 2 CPUs on the head, 2 on a second node. Shut down after the module,
+    so that tests that start their own cluster (`ray start`) have the machine to themselves."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, runtime_env={"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true",
+                                                                "RAY_TRAIN_V2_ENABLED": "1"}})
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

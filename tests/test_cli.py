@@ -23,9 +23,10 @@ def rkd(*args, cwd, check=True):
 
 def test_help_for_every_command(tmp_path):
     outs = {cmd: rkd(*([cmd] if cmd else []), "--help", cwd=tmp_path).stdout
-            for cmd in ("", "train", "eval", "quickstart")}
+            for cmd in ("", "train", "eval", "quickstart", "tune", "report")}
     assert all(out.startswith("usage: rkd") for out in outs.values())
-    assert all(cmd in outs[""] for cmd in ("train", "eval", "quickstart"))
+    assert all(cmd in outs[""] for cmd in ("train", "eval", "quickstart", "tune", "report"))
+    assert "--resume" in outs["tune"] and "--workers" in outs["train"]
     assert "digits_standard" in outs["train"] and "--resume" in outs["train"]
     assert "RUN_DIR" in outs["eval"].upper() and "--only" in outs["quickstart"]
 
@@ -176,3 +177,23 @@ def test_macd_chain_end_to_end(tmp_path, tracking_uri):
     exp = client.get_experiment_by_name("rkd")
     names = sorted(r.info.run_name for r in client.search_runs([exp.experiment_id]))
     assert names == ["macd", "macd", "mae1", "mae2", "std"]
+
+
+def test_tune_with_a_bad_space_fails_before_ray_starts(tmp_path):
+    (tmp_path / "space.yaml").write_text("base: preset:digits_robust_kd\nparams:\n  method.beta: {gaussian: [0, 1]}\n"
+                                         "  method.gamma: {uniform: [10, 1]}\n  method.n_proj: {choice: []}\n")
+    proc = rkd("tune", "space.yaml", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    for key, msg in (("params.method.beta", "unknown distribution 'gaussian'"),
+                     ("params.method.gamma", "low < high"), ("params.method.n_proj", "at least one value")):
+        assert f"space.yaml: {key}: " in proc.stderr and msg in proc.stderr
+    assert "Ray instance" not in proc.stdout + proc.stderr  # no cluster was started
+
+
+def test_report_prints_the_table_of_an_experiment(tmp_path, tiny_overrides, tracking_uri):
+    (tmp_path / "one.yaml").write_text("name: one\neval: {attacks: [{kind: fgsm, eps: 8/255}]}\n")
+    rkd("train", "one.yaml", *tiny_overrides, cwd=tmp_path)
+    proc = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, cwd=tmp_path)
+    assert "| one |" in proc.stdout and "FGSM 8/255" in proc.stdout
+    bad = rkd("report", "--experiment", "nope", "--tracking-uri", tracking_uri, cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "no MLflow experiment named 'nope'" in bad.stderr

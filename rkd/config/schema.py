@@ -619,6 +619,22 @@ class TrackingConfig(Strict):
     log_model: bool = True
 
 
+# ------------------------------------------------------------------------------------ scaling
+class ScalingConfig(Strict):
+    """How a run is executed: in-process (``num_workers: 0``, no Ray) or as a Ray Train
+    TorchTrainer with ``num_workers`` data-parallel workers (gradients averaged over the process
+    group: NCCL on GPUs, gloo on CPU), each with ``resources_per_worker``. ``max_failures``:
+    worker-group restarts from the last checkpoint (-1: unlimited). ``storage_path``: where Ray
+    keeps checkpoints (must be shared by all nodes on a multi-node cluster); default
+    ``<output_dir>/ray_results``."""
+
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    use_gpu: bool = False
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    max_failures: Annotated[int, Field(ge=-1)] = 0
+    storage_path: Optional[str] = None
+
+
 # --------------------------------------------------------------------------------- experiment
 class ExperimentConfig(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "experiment"
@@ -631,6 +647,7 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
     @model_validator(mode="after")
     def _mae_and_macd(self):

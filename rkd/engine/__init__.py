@@ -8,9 +8,10 @@ from rkd.engine.checkpoint import (
     sha256_file,
     verified_torch_load,
 )
+from rkd.engine.distributed import DistributedEpochSampler, GradientAllReduce
 from rkd.engine.sampler import EpochShuffleSampler
 from rkd.engine.trainer import Trainer
 
-__all__ = ["Callback", "CheckpointCallback", "CheckpointError", "EpochShuffleSampler", "HistoryCallback",
+__all__ = ["Callback", "CheckpointCallback", "CheckpointError", "DistributedEpochSampler", "EpochShuffleSampler", "GradientAllReduce", "HistoryCallback",
            "ProgressCallback", "Trainer", "atomic_torch_save", "latest_checkpoint", "list_checkpoints", "seed_everything",
            "sha256_file", "verified_torch_load"]

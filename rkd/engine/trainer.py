@@ -129,6 +129,7 @@ class Trainer:
                 out = self.method.training_step(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
+            self._call("on_after_backward")
             if self.cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(list(self.method.trainable_parameters()), self.cfg.grad_clip)

@@ -85,7 +85,9 @@ class MlflowRun:
 
     def __exit__(self, exc_type, exc, tb):
         if self.enabled and self.run_id:
-            status = "FAILED" if exc_type is not None else "FINISHED"
+            # stopped from outside (Ctrl-C, a Tune scheduler ending the trial): KILLED, not FAILED
+            stopped = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+            status = "KILLED" if stopped else ("FAILED" if exc_type is not None else "FINISHED")
             if exc_type is not None:
                 self.client.set_tag(self.run_id, "rkd.error", f"{exc_type.__name__}: {exc}"[:4000])
             self.client.set_terminated(self.run_id, status=status)
@@ -160,6 +162,90 @@ class MlflowRun:
 
     def callback(self) -> "MlflowCallback":
         return MlflowCallback(self)
+
+
+def absolute_tracking_uri(configured: str | None = None) -> str:
+    """:func:`resolve_tracking_uri` with a relative sqlite path made absolute, so that processes
+    with another working directory (Ray workers) write into the same database."""
+    uri = resolve_tracking_uri(configured)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def create_run(tracking, run_name: str, *, tags: dict | None = None, parent_run_id: str | None = None,
+               find_tag: tuple[str, str] | None = None) -> str | None:
+    """Create an MLflow run and leave it RUNNING (for a driver that hands its id to workers);
+    ``None`` when tracking is off. With ``find_tag=(key, value)`` an existing run of the same
+    experiment (and parent) carrying that tag is returned instead -- a retried trial continues
+    its run rather than starting a second one."""
+    if not tracking.enabled:
+        return None
+    client = _client(resolve_tracking_uri(tracking.tracking_uri))
+    exp_id = get_or_create_experiment(client, tracking.experiment)
+    if find_tag is not None:
+        query = f"tags.`{find_tag[0]}` = '{find_tag[1]}'"
+        if parent_run_id:
+            query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        found = client.search_runs([exp_id], filter_string=query, max_results=1)
+        if found:
+            return found[0].info.run_id
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if find_tag is not None:
+        all_tags[find_tag[0]] = find_tag[1]
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    return client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
+
+
+def end_run(tracking, run_id: str | None, status: str, error: str | None = None) -> None:
+    """Set a run's final status (FINISHED, FAILED, KILLED), e.g. for a trial a scheduler stopped."""
+    if not tracking.enabled or run_id is None:
+        return
+    client = _client(resolve_tracking_uri(tracking.tracking_uri))
+    if error:
+        client.set_tag(run_id, "rkd.error", error[:4000])
+    client.set_terminated(run_id, status=status)
+
+
+def end_tagged_runs(tracking, tag: str, value: str, status: str, extra_tags: dict | None = None) -> int:
+    """End the RUNNING runs of the experiment carrying ``tag = value`` with ``status`` (e.g. a
+    trial a scheduler stopped: its process is gone). Returns how many were ended."""
+    if not tracking.enabled:
+        return 0
+    client = _client(resolve_tracking_uri(tracking.tracking_uri))
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
+    n = 0
+    for r in runs:
+        if r.info.status == "RUNNING":
+            for k, v in (extra_tags or {}).items():
+                client.set_tag(r.info.run_id, k, str(v))
+            client.set_terminated(r.info.run_id, status=status)
+            n += 1
+    return n
+
+
+def finish_run(tracking, run_id: str | None, status: str, *, metrics: dict | None = None, tags: dict | None = None,
+               artifacts: list | None = None) -> None:
+    """Log final metrics, tags and artifacts into a run (e.g. a sweep's parent) and end it."""
+    if not tracking.enabled or run_id is None:
+        return
+    client = _client(resolve_tracking_uri(tracking.tracking_uri))
+    for k, v in (metrics or {}).items():
+        client.log_metric(run_id, k, float(v))
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, str(v))
+    for a in artifacts or []:
+        client.log_artifact(run_id, str(a))
+    client.set_terminated(run_id, status=status)
+
+
+def run_status(tracking, run_id: str) -> str:
+    return _client(resolve_tracking_uri(tracking.tracking_uri)).get_run(run_id).info.status
 
 
 def metric_key(attack_entry: dict) -> str:

@@ -1,0 +1,118 @@
+"""Two costs of running experiments through Ray, printed side by side in one run:
+
+1. Per-trial overhead of a Tune launch: the same K small trials (digits preset, in-process
+   trials, ``scaling.num_workers: 0``) run (a) one after another in this process with
+   :func:`rkd.experiment.run_experiment`, (b) as one sweep (:func:`rkd.orchestration.tune.run_sweep`,
+   ``max_concurrent_trials`` 1 so both do the same work serially). Overhead per trial =
+   (b - a) / K; the local cluster's start is timed separately.
+2. Memory of K concurrent readers of the one-time adversarial set: a float32 array of the size
+   of the set (``--set-mb``) is put in the object store once; K actors (a) map it from the object
+   store (what trials do) or (b) receive their own copy; each reports its unique memory (USS,
+   pages only it holds). With the object store the K readers together stay near one copy.
+
+    python benchmarks/bench_tune_overhead.py --trials 4 --readers 4 --set-mb 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def overhead(k: int, epochs: int) -> dict:
+    import ray
+
+    from rkd.config import load_config
+    from rkd.experiment import run_experiment
+    from rkd.orchestration.tune import run_sweep
+
+    tmp = Path(tempfile.mkdtemp(prefix="rkd-bench-"))
+    over = [f"output_dir={tmp / 'runs'}", "tracking.enabled=false", f"train.epochs={epochs}", "train.warmup_epochs=0",
+            "train.progress=none", "eval.attacks=[{kind: fgsm, eps: 8/255}]"]
+    lrs = [0.01 * (i + 1) for i in range(k)]
+    t0 = time.perf_counter()
+    for lr in lrs:
+        run_experiment(load_config("preset:digits_standard", over + [f"train.lr={lr}", "eval.jsma=null",
+                                                                     "eval.input_gradient=false"]))
+    local = time.perf_counter() - t0
+    base = tmp / "base.yaml"
+    base.write_text("base: preset:digits_standard\neval: {jsma: null, input_gradient: false}\n")
+    space = tmp / "space.yaml"
+    space.write_text(f"base: base.yaml\noverrides: {json.dumps(over)}\nmetric: clean\nscheduler: {{name: fifo}}\n"
+                     f"searcher: grid\nparams: {{train.lr: {{grid: {json.dumps(lrs)}}}}}\n")
+    t0 = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    start = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_sweep(space, name="bench", max_concurrent_trials=1)
+    tuned = time.perf_counter() - t0
+    ray.shutdown()
+    return {"local": local, "tune": tuned, "start": start, "k": k}
+
+
+def uss_bytes() -> int:
+    """Unique set size of this process (Linux): its private pages, from /proc/self/smaps_rollup."""
+    total = 0
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def memory(readers: int, set_mb: int) -> dict:
+    import ray
+
+    ray.init(num_cpus=max(2, readers), include_dashboard=False, log_to_driver=False,
+             object_store_memory=max(set_mb * 3, 256) * 2**20)
+
+    @ray.remote(num_cpus=0)
+    class Reader:
+        def read(self, arr):
+            arr = arr[0] if isinstance(arr, list) else arr
+            total = float(np.asarray(arr).sum(dtype=np.float64))  # touch every page
+            return uss_bytes(), total
+
+    n = set_mb * 2**20 // 4
+    data = np.random.default_rng(0).random(n, dtype=np.float32)
+    ref = ray.put(data)
+    out = {}
+    for mode in ("object store", "own copy"):
+        actors = [Reader.remote() for _ in range(readers)]
+        idle = ray.get([a.read.remote(np.zeros(1, np.float32)) for a in actors])
+        if mode == "object store":
+            res = ray.get([a.read.remote(ref) for a in actors])  # zero-copy, read-only view
+        else:
+            res = ray.get([a.read.remote([data.copy()]) for a in actors])  # a private copy each
+        out[mode] = sum(r[0] - i[0] for r, i in zip(res, idle)) / 2**20
+        for a in actors:
+            ray.kill(a)
+    ray.shutdown()
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--readers", type=int, default=4)
+    ap.add_argument("--set-mb", type=int, default=256, help="size of the shared array (CIFAR-10's set: 614 MB)")
+    args = ap.parse_args(argv)
+    o = overhead(args.trials, args.epochs)
+    m = memory(args.readers, args.set_mb)
+    print(f"{args.trials} trials of preset:digits_standard ({args.epochs} epochs, FGSM eval), one at a time:")
+    print(f"  in-process loop      {o['local']:8.1f} s   {o['local'] / o['k']:6.1f} s/trial   1.00x")
+    print(f"  Tune sweep           {o['tune']:8.1f} s   {o['tune'] / o['k']:6.1f} s/trial   {o['tune'] / o['local']:.2f}x"
+          f"   (+{(o['tune'] - o['local']) / o['k']:.1f} s per trial; local cluster start {o['start']:.1f} s more)")
+    print(f"{args.readers} concurrent readers of a {args.set_mb} MB float32 set, memory unique to the readers (sum of USS):")
+    for k, v in m.items():
+        print(f"  {k:<20} {v:8.1f} MB   {v / args.set_mb:5.2f} copies")
+
+
+if __name__ == "__main__":
+    main()

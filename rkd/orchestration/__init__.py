@@ -1,0 +1,41 @@
+"""Ray orchestration (the only package that imports ray): Train, Tune, the object store.
+
+* :mod:`.train` -- one run as a TorchTrainer (data-parallel workers, checkpoints each epoch,
+  restarts, the same MLflow run across restarts); ``scaling.num_workers: 0`` runs in-process.
+* :mod:`.tune` -- a sweep of a ``tune_spaces/*.yaml`` space: nested MLflow runs per trial, the
+  one-time adversarial set shared through the object store, resumable.
+* :func:`connect` -- join the cluster of ``$RAY_ADDRESS`` (``ray job submit`` sets it) or start a
+  local one, passing the MLflow tracking URI to every worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, tracking_uri: str | None = None) -> None:
+    """``ray.init`` once: ``address`` (or ``$RAY_ADDRESS``) joins a running cluster, none
+    starts a local one. Workers get ``MLFLOW_TRACKING_URI`` (absolute) through the runtime
+    environment, so every process logs into the same store."""
+    import ray
+
+    from rkd.tracking import absolute_tracking_uri
+
+    if ray.is_initialized():
+        return
+    env = {"MLFLOW_TRACKING_URI": absolute_tracking_uri(tracking_uri),
+           "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
+           "RAY_TRAIN_V2_ENABLED": "1"}
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    try:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
+    except ValueError as exc:
+        if "runtime env" not in str(exc):
+            raise
+        # inside `ray job submit`: the job's runtime environment (its env_vars) already applies to
+        # every worker, and Ray refuses to merge a second one; the configs carry absolute paths
+        ray.init(address=address, log_to_driver=True, **kwargs)
+
+
+__all__ = ["connect"]

@@ -1,0 +1,271 @@
+"""Ray Train: one experiment run as a TorchTrainer (Train V2 API).
+
+The training function every worker runs is :func:`train_func`; it calls the same
+:func:`rkd.experiment.run_experiment` as ``rkd train`` does in-process, with
+
+* its rank and world size (data-parallel: a shard of every epoch per rank, gradients averaged
+  over the process group, which TorchTrainer creates -- NCCL on GPUs, gloo on CPU);
+* a :class:`RayReportCallback`: every epoch all ranks call ``ray.train.report`` (a barrier) and
+  rank 0 attaches the trainer state as a checkpoint, which Ray persists to ``storage_path``;
+* on a restart (``FailureConfig(max_failures)``) the state from ``ray.train.get_checkpoint()``,
+  so the run continues at the epoch after the last checkpoint;
+* the MLflow run the driver created, so a restarted worker group logs into the same run.
+
+:func:`fit` is the driver side: it prepares what workers must share (teachers trained once,
+absolute paths, the tracking URI), creates the MLflow run and runs the TorchTrainer. With
+``scaling.num_workers: 0`` it runs :func:`run_experiment` in-process without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from rkd.config import ExperimentConfig, config_from_dict
+from rkd.engine import Callback
+from rkd.experiment import RunOutput, run_experiment, unique_dir
+from rkd.tracking import absolute_tracking_uri, create_run, end_run
+
+CHECKPOINT_FILE = "trainer.pt"
+FINAL_FILE = "final.json"
+#: the result keys every report carries (besides the epoch metrics)
+DONE_KEY, EPOCH_KEY = "done", "epoch"
+
+
+def tune_metric_key(label: str) -> str:
+    """A metric label (``PGD-7 Linf 8/255``, ``... (transfer)``, ``clean``) as a key Ray and
+    MLflow take (no spaces, slashes or parentheses)."""
+    out = "".join(c if c.isalnum() or c in "-." else "_" for c in label)
+    return "acc_" + "_".join(p for p in out.split("_") if p)
+
+
+def results_metrics(results: dict | None) -> dict[str, float]:
+    """Final accuracies of a results dict, keyed by :func:`tune_metric_key` of their labels."""
+    if not results:
+        return {}
+    out = {tune_metric_key("clean"): results["clean_accuracy"]}
+    for a in results["attacks"]:
+        label = a["name"] if a["protocol"] == "white-box" else f"{a['name']} ({a['protocol']})"
+        out[tune_metric_key(label)] = a["accuracy"]
+    return out
+
+
+class RayReportCallback(Callback):
+    """Report every epoch to Ray Train; rank 0 attaches the trainer state as the checkpoint.
+
+    ``objective``: optional ``fn(model) -> float`` evaluated on rank 0 each epoch and reported
+    as ``objective`` (the per-epoch metric a Tune scheduler reads). ``report``: the reporting
+    function, ``ray.train.report`` in a Train worker, ``ray.tune.report`` in an in-process trial."""
+
+    def __init__(self, objective: Callable | None = None, report: Callable | None = None,
+                 checkpoint_cls: type | None = None):
+        self.objective = objective
+        self.report = report or ray.train.report
+        self.checkpoint_cls = checkpoint_cls or Checkpoint
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        report = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        report[EPOCH_KEY] = epoch + 1
+        report[DONE_KEY] = 0
+        if trainer.rank != 0:
+            self.report(report)
+            return
+        # NaN where the metric is measured at the end only (a transfer metric): Tune expects the key
+        report["objective"] = float(self.objective(trainer.method.model)) if self.objective else float("nan")
+        with tempfile.TemporaryDirectory() as d:
+            trainer.save_checkpoint(Path(d) / CHECKPOINT_FILE)
+            self.report(report, checkpoint=self.checkpoint_cls.from_directory(d))
+
+
+class CrashOnce(Callback):
+    """Fault injection for tests: the worker of ``rank`` exits the process during epoch
+    ``epoch + 1`` (1-based ``epoch`` is the last one it completes), on the first attempt only (no
+    Ray checkpoint existed at its start). It first waits ``delay_s``: Ray's controller collects
+    the workers' reports (and registers their checkpoints) when it polls them, so a process that
+    dies within the same poll interval as its last report takes that report with it."""
+
+    def __init__(self, epoch: int, rank: int, first_attempt: bool, delay_s: float = 3.0):
+        self.epoch, self.rank, self.armed, self.delay_s = epoch, rank, first_attempt, delay_s
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if self.armed and trainer.rank == self.rank and epoch + 1 == self.epoch:
+            import time
+
+            time.sleep(self.delay_s)
+            os._exit(17)
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker (see the module docstring). ``config`` keys: ``cfg`` (the
+    resolved experiment config as a dict), ``run_dir``, ``cwd``, ``mlflow_run_id``,
+    ``parent_run_id``, ``tags``, ``adversarial_set`` (an ObjectRef of a numpy array, or None),
+    ``objective`` (``(metric label, val_samples)`` or None), ``crash`` (tests)."""
+    if config.get("cwd") and Path(config["cwd"]).is_dir():
+        os.chdir(config["cwd"])  # relative paths of the config mean what they meant to the driver
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = config_from_dict(config["cfg"])
+    device = ray.train.torch.get_device()
+    cfg = cfg.model_copy(update={"device": "cuda" if device.type == "cuda" else "cpu"})
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)
+    checkpoint = ray.train.get_checkpoint()
+    callbacks: list[Callback] = [RayReportCallback(_objective_fn(cfg, config.get("objective"), device))]
+    if config.get("crash"):
+        callbacks.append(CrashOnce(config["crash"]["epoch"], config["crash"]["rank"], checkpoint is None))
+    adv = shared_tensor(config.get("adversarial_set"))
+    kwargs = dict(run_dir=config["run_dir"], rank=rank, world_size=world, callbacks=callbacks, allow_existing=True,
+                  mlflow_run_id=config.get("mlflow_run_id"), parent_run_id=config.get("parent_run_id"),
+                  tags=config.get("tags"), adversarial_set=adv)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if (Path(d) / FINAL_FILE).is_file():  # finished before a restart: report it again
+                final = json.loads((Path(d) / FINAL_FILE).read_text())
+                _report_final(final, rank)
+                return
+            out = run_experiment(cfg, resume_from=Path(d) / CHECKPOINT_FILE, **kwargs)
+    else:
+        out = run_experiment(cfg, **kwargs)
+    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **results_metrics(out.results)}
+    if config.get("objective") and rank == 0 and out.results:
+        final["objective"] = final.get(tune_metric_key(config["objective"][0]), float("nan"))
+    _report_final(final, rank, out.run_dir if rank == 0 else None)
+
+
+def _report_final(final: dict, rank: int, run_dir: Path | None = None) -> None:
+    """The last report: rank 0 attaches a small checkpoint (``final.json`` and the run's
+    ``results.json``) so that Train keeps these metrics as the run's result."""
+    if rank != 0:
+        ray.train.report(final)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / FINAL_FILE).write_text(json.dumps(final))
+        if run_dir is not None and (Path(run_dir) / "results.json").is_file():
+            shutil.copy(Path(run_dir) / "results.json", Path(d) / "results.json")
+        ray.train.report(final, checkpoint=Checkpoint.from_directory(d))
+
+
+def shared_tensor(ref):
+    """The adversarial set behind an ObjectRef as a torch tensor sharing the object store's
+    read-only memory (no copy; nothing writes to it)."""
+    if ref is None:
+        return None
+    import warnings
+
+    import torch
+
+    arr = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable array": it is only read
+        return torch.from_numpy(arr)
+
+
+def _objective_fn(cfg: ExperimentConfig, objective, device):
+    """Per-epoch objective: the space's metric (clean or a white-box attack of ``eval.attacks``)
+    on the first ``val_samples`` test images."""
+    if not objective:
+        return None
+    label, val_samples = objective
+    if label.endswith("(transfer)"):
+        return None  # measured at the end only (the space validation keeps ASHA off these)
+    from rkd.data.loader import make_loader
+    from rkd.evaluation import accuracy
+    from rkd.evaluation.robust_accuracy import eval_subset
+    from rkd.experiment import build_datasets
+    from rkd.attacks import build_attack
+
+    _, test_set, _ = build_datasets(cfg.data)
+    loader = make_loader(eval_subset(test_set, val_samples), cfg.data.eval_batch_size)
+    attack = None
+    if label != "clean":
+        a = next(a for a in cfg.eval.attacks if a.label == label)
+        params = a.attack_params()
+        if a.kind == "autoattack":
+            params["n_classes"] = test_set.num_classes
+        attack = build_attack(a.kind, **params)
+
+    def fn(model):
+        import torch
+
+        torch.manual_seed(cfg.eval.seed)
+        return accuracy(model, loader, device, attack)
+
+    return fn
+
+
+# ----------------------------------------------------------------------------------- driver
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with the paths workers must agree on made absolute (tracking URI, output dir)."""
+    tracking = cfg.tracking.model_copy(update={"tracking_uri": absolute_tracking_uri(cfg.tracking.tracking_uri)})
+    return cfg.model_copy(update={"tracking": tracking, "output_dir": str(Path(cfg.output_dir).resolve())})
+
+
+def prepare_shared(cfg: ExperimentConfig, parent_run_id: str | None = None) -> None:
+    """Train (once) the cached models a run names -- teacher, MACD source, MAE start -- in the
+    driver, before workers start, so that workers only load them."""
+    from rkd.teachers import ensure_teacher
+
+    m = cfg.method
+    for spec in (getattr(m, "teacher", None), getattr(m, "source", None), getattr(m, "start_from", None),
+                 cfg.eval.transfer.source if cfg.eval.transfer is not None else None):
+        if spec is not None:
+            ensure_teacher(spec, parent_run_id=parent_run_id, tracking=cfg.tracking)
+
+
+def scaling_config(cfg: ExperimentConfig) -> ScalingConfig:
+    s = cfg.scaling
+    return ScalingConfig(num_workers=max(1, s.num_workers), use_gpu=s.use_gpu,
+                         resources_per_worker=dict(s.resources_per_worker) or None)
+
+
+def storage_path(cfg: ExperimentConfig) -> str:
+    return str(Path(cfg.scaling.storage_path or Path(cfg.output_dir) / "ray_results").resolve())
+
+
+def trainer_for(cfg: ExperimentConfig, run_dir: Path, *, mlflow_run_id: str | None, parent_run_id: str | None = None,
+                tags: dict | None = None, adversarial_set=None, objective=None, crash: dict | None = None,
+                callbacks: list | None = None) -> TorchTrainer:
+    """The TorchTrainer of one run (``run_dir`` also names its Ray run and checkpoints)."""
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "cwd": os.getcwd(),
+                   "mlflow_run_id": mlflow_run_id, "parent_run_id": parent_run_id, "tags": tags or {},
+                   "adversarial_set": adversarial_set, "objective": objective, "crash": crash}
+    return TorchTrainer(
+        train_func, train_loop_config=loop_config, scaling_config=scaling_config(cfg),
+        run_config=RunConfig(name=run_dir.name, storage_path=storage_path(cfg),
+                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or None),
+    )
+
+
+def fit(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, parent_run_id: str | None = None,
+        tags: dict | None = None, crash: dict | None = None) -> RunOutput | dict:
+    """Train and evaluate one run as configured by ``cfg.scaling``: in-process when
+    ``num_workers`` is 0, else as a TorchTrainer on the connected Ray cluster. Returns the
+    :class:`RunOutput` (in-process) or the final metrics reported by rank 0 (Ray)."""
+    if cfg.scaling.num_workers == 0:
+        return run_experiment(cfg, run_dir=run_dir, parent_run_id=parent_run_id, tags=tags)
+    cfg = absolute_paths(cfg)
+    prepare_shared(cfg, parent_run_id)
+    run_dir = Path(run_dir).resolve() if run_dir is not None else unique_dir(cfg.output_dir, cfg.name)
+    run_tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
+                "rkd.run_dir": str(run_dir), "rkd.ray_workers": cfg.scaling.num_workers, **(tags or {})}
+    run_id = create_run(cfg.tracking, cfg.name, tags=run_tags, parent_run_id=parent_run_id)
+    try:
+        result = trainer_for(cfg, run_dir, mlflow_run_id=run_id, parent_run_id=parent_run_id, tags=tags,
+                             crash=crash).fit()
+    except Exception as exc:
+        end_run(cfg.tracking, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    return {**(result.metrics or {}), "run_dir": str(run_dir), "mlflow_run_id": run_id}

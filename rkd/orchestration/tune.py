@@ -1,0 +1,311 @@
+"""Ray Tune: a sweep over a validated space (``tune_spaces/*.yaml``), one trial per sample.
+
+* The space is validated before Ray starts (:func:`rkd.config.tune_space.load_space`).
+* One MLflow parent run per sweep; each trial logs into its own nested run
+  (``mlflow.parentRunId``), found again by its trial id when the trial is retried or the sweep
+  resumed, so a trial is one run. Trials that fail end FAILED, trials a scheduler stops KILLED.
+* A trial runs :func:`rkd.experiment.run_experiment` in-process (``scaling.num_workers: 0``), or
+  builds a TorchTrainer with :class:`~ray.tune.integration.ray_train.TuneReportCallback` that
+  forwards rank 0's reports to Tune.
+* Each epoch reports ``objective`` = the space's metric on the first ``val_samples`` test
+  images (what ASHA reads); the final report carries it on the whole evaluation set, with every
+  accuracy of ``results.json``.
+* MACD's one-time adversarial set is built (or read from the disk cache) once by the driver and
+  put in the object store as one contiguous read-only numpy array; every trial whose data,
+  source and attack are the base config's reads it from there (:func:`shared_adversarial_set`).
+* ``resume=True`` restores an interrupted sweep (``Tuner.restore``): finished trials are kept,
+  unfinished and errored ones continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from rkd.config import ExperimentConfig
+from rkd.config.tune_space import Distribution, LoadedSpace, load_space
+from rkd.experiment import run_experiment
+from rkd.orchestration.train import (
+    CHECKPOINT_FILE,
+    DONE_KEY,
+    EPOCH_KEY,
+    RayReportCallback,
+    _objective_fn,
+    absolute_paths,
+    prepare_shared,
+    results_metrics,
+    shared_tensor,
+    storage_path,
+    tune_metric_key,
+    trainer_for,
+)
+from rkd.tracking import create_run, end_run, end_tagged_runs, finish_run
+
+STATE_FILE = "rkd_sweep.json"
+
+
+def to_tune(dist: Distribution):
+    """A parsed distribution as a Ray Tune search-space object."""
+    k, a = dist.kind, dist.args
+    if k == "grid":
+        return tune.grid_search(list(a))
+    if k == "choice":
+        return tune.choice(list(a))
+    if k == "uniform":
+        return tune.uniform(a[0], a[1])
+    if k == "loguniform":
+        return tune.loguniform(a[0], a[1])
+    if k == "randint":
+        return tune.randint(a[0], a[1])
+    if k == "quniform":
+        return tune.quniform(a[0], a[1], a[2])
+    raise AssertionError(k)
+
+
+def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """What one trial occupies: its in-process run, or its TorchTrainer's workers (the trial
+    function itself then only coordinates)."""
+    s = cfg.scaling
+    per = {"CPU": 1.0, **{k.upper() if k.lower() in ("cpu", "gpu") else k: float(v)
+                          for k, v in s.resources_per_worker.items()}}
+    if s.use_gpu:
+        per.setdefault("GPU", 1.0)
+    n = max(1, s.num_workers)
+    return {k: v * n for k, v in per.items()}
+
+
+def max_concurrent(cfg: ExperimentConfig, requested: int | None) -> int:
+    """Trials that fit the cluster at once (``requested`` caps it)."""
+    total = ray.cluster_resources()
+    need = trial_resources(cfg)
+    fits = min(int(total.get(k, 0) // v) for k, v in need.items() if v > 0)
+    if fits < 1:
+        raise RuntimeError(f"one trial needs {need}, the cluster has {dict(total)}")
+    return min(fits, requested) if requested else fits
+
+
+def shared_adversarial_set(cfg: ExperimentConfig):
+    """MACD: the base config's one-time adversarial training set, loaded from (or built into)
+    the disk cache once, then put in the object store as a contiguous read-only float32 numpy
+    array. Returns ``(ObjectRef, key)`` -- the key says which trials may use it
+    (:func:`adversarial_set_key`) -- or ``(None, None)``."""
+    m = cfg.method
+    if m.name != "macd" or not m.adversarial:
+        return None, None
+    from rkd.adversarial_cache import cached_adversarial_set
+    from rkd.experiment import build_datasets, resolve_device
+    from rkd.teachers import load_teacher
+
+    device = resolve_device(cfg.device)
+    source, _ = load_teacher(m.source, device, tracking=cfg.tracking)
+    train_set, _, _ = build_datasets(cfg.data)
+    adv, _ = cached_adversarial_set(m.cache_dir, source, train_set.with_transform(None), m.attack.attack_params(),
+                                    cfg.seed, batch_size=cfg.data.eval_batch_size, device=device)
+    return ray.put(np.ascontiguousarray(adv.numpy())), adversarial_set_key(cfg)
+
+
+def adversarial_set_key(cfg: ExperimentConfig) -> str:
+    """What the one-time set depends on, as data: two configs with equal keys share the set."""
+    m = cfg.method
+    if m.name != "macd":
+        return ""
+    return json.dumps([cfg.data.model_dump(mode="json", exclude={"batch_size", "num_workers", "augment", "flip"}),
+                       m.source.model_dump(mode="json"), m.attack.model_dump(mode="json"), cfg.seed,
+                       cfg.data.eval_batch_size, m.cache_dir], sort_keys=True)
+
+
+def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id: str | None, shared) -> None:
+    """One trial: the base config with this sample; reports each epoch and at the end."""
+    space = load_space(space_path)
+    sample = {k: config[k] for k in space.params}
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    base = space.trial_config(sample)
+    cfg = absolute_paths(space.trial_config(sample, [f"name={base.name}-{trial_id}"]))
+    run_dir = Path(cfg.output_dir) / sweep / trial_id
+    tags = {"rkd.sweep": sweep, "rkd.trial_id": trial_id, "rkd.method": cfg.method.name,
+            "rkd.sample": json.dumps(sample)}
+    ref, ref_key = shared
+    adv = ref if ref is not None and adversarial_set_key(cfg) == ref_key else None
+    if cfg.method.name == "macd" and cfg.method.adversarial:
+        tags["rkd.adversarial_set"] = "object_store" if adv is not None else "disk_cache"
+    run_id = create_run(cfg.tracking, cfg.name, tags=tags, parent_run_id=parent_run_id,
+                        find_tag=("rkd.trial_id", trial_id))
+    objective = (space.spec.metric, space.spec.val_samples)
+    try:
+        if cfg.scaling.num_workers == 0:
+            _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv, objective)
+        else:
+            prepare_shared(cfg, parent_run_id)
+            trainer_for(cfg, run_dir, mlflow_run_id=run_id, parent_run_id=parent_run_id, tags=tags,
+                        adversarial_set=adv, objective=objective, callbacks=[TuneReportCallback()]).fit()
+    except Exception as exc:  # not SystemExit: Tune ends a finished or stopped trial's thread with it
+        end_run(cfg.tracking, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv_ref, objective) -> None:
+    from rkd.experiment import resolve_device
+
+    checkpoint = tune.get_checkpoint()
+    cb = RayReportCallback(_objective_fn(cfg, objective, resolve_device(cfg.device)), report=tune.report,
+                           checkpoint_cls=tune.Checkpoint)
+    kwargs = dict(run_dir=run_dir, mlflow_run_id=run_id, allow_existing=True, parent_run_id=parent_run_id, tags=tags, callbacks=[cb],
+                  adversarial_set=shared_tensor(adv_ref))
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            out = run_experiment(cfg, resume_from=Path(d) / CHECKPOINT_FILE, **kwargs)
+    else:
+        out = run_experiment(cfg, **kwargs)
+    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **results_metrics(out.results)}
+    if out.results:
+        final["objective"] = final.get(tune_metric_key(objective[0]), math.nan)
+    tune.report(final)
+
+
+class _MlflowStatus(tune.Callback):
+    """Driver side: a trial the scheduler stops is ended KILLED in MLflow (its process is gone)."""
+
+    def __init__(self, tracking):
+        self.tracking = tracking
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.last_result.get(DONE_KEY) != 1:
+            end_tagged_runs(self.tracking, "rkd.trial_id", trial.trial_id, "KILLED",
+                            {"rkd.stopped_at_epoch": trial.last_result.get(EPOCH_KEY)})
+
+
+def _scheduler(space: LoadedSpace):
+    s = space.spec.scheduler
+    if s.name == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr=EPOCH_KEY, max_t=s.max_t or space.base.train.epochs,
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def _searcher(space: LoadedSpace):
+    if space.spec.searcher != "optuna":
+        return None  # random sampling and grid_search are Tune's basic variant generator
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as exc:  # pragma: no cover - optional extra
+        raise RuntimeError("searcher 'optuna' needs: pip install 'rkd[optuna]'") from exc
+    return OptunaSearch()
+
+
+def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None = None,
+              max_concurrent_trials: int | None = None) -> dict:
+    """Run (or resume) the sweep of a space file on the connected Ray cluster; returns a
+    summary: the best trial's sample and metric, every trial's status and metrics, where the
+    sweep lives. Ray must be initialised (:func:`rkd.orchestration.connect`)."""
+    space = load_space(space_path)  # before any work: a bad space fails here
+    space_path = str(Path(space_path).resolve())
+    base = absolute_paths(space.base)
+    sweep = name or f"sweep-{space.name}"
+    root = Path(storage_path(base))
+    state_file = root / sweep / STATE_FILE
+    state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
+    if resume and not tune.Tuner.can_restore(str(root / sweep)):
+        raise FileNotFoundError(f"no sweep to resume at {root / sweep}")
+    if not resume and (root / sweep).exists():
+        raise FileExistsError(f"sweep {sweep} exists under {root}; resume it (--resume) or name another")
+
+    # save the sweep's state at least every second (Tune's default adapts up to minutes): a killed
+    # driver then loses at most a second of bookkeeping, and resume skips every finished trial
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    parent_id = state.get("parent_run_id") or create_run(
+        base.tracking, sweep, tags={"rkd.kind": "sweep", "rkd.space": space_path, "rkd.metric": space.spec.metric})
+    prepare_shared(base, parent_id)  # teachers, MAE, sources: once, before the trials
+    shared = shared_adversarial_set(base)
+    (root / sweep).mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"parent_run_id": parent_id, "space": space_path}))
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, space_path=space_path, sweep=sweep, parent_run_id=parent_id, shared=shared),
+        trial_resources(base) if base.scaling.num_workers == 0 else {"CPU": 0})
+    callbacks = [_MlflowStatus(base.tracking)] if base.tracking.enabled else []
+    if resume:
+        tuner = tune.Tuner.restore(str(root / sweep), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        params = {k: to_tune(d) for k, d in space.params.items()}
+        tuner = tune.Tuner(
+            trainable, param_space=params,
+            tune_config=tune.TuneConfig(metric="objective", mode=space.spec.mode, num_samples=space.spec.num_samples,
+                                        scheduler=_scheduler(space), search_alg=_searcher(space),
+                                        max_concurrent_trials=max_concurrent(
+                                            base, max_concurrent_trials or space.spec.max_concurrent_trials)),
+            run_config=tune.RunConfig(name=sweep, storage_path=str(root), callbacks=callbacks,
+                                      failure_config=tune.FailureConfig(max_failures=max(0, base.scaling.max_failures))),
+        )
+    grid = tuner.fit()
+    trials = []
+    for r in grid:
+        trials.append({"trial_id": r.metrics.get("trial_id") if r.metrics else None,
+                       "config": {k: r.config.get(k) for k in space.params} if r.config else None,
+                       "metrics": {k: v for k, v in (r.metrics or {}).items()
+                                   if k == "objective" or k.startswith("acc_") or k in (EPOCH_KEY, DONE_KEY)},
+                       "error": str(r.error)[:500] if r.error else None, "path": r.path})
+    best = None
+    finished = [t for t in trials if t["metrics"].get(DONE_KEY) == 1 and not t["error"]]
+    if finished:
+        sign = 1 if space.spec.mode == "max" else -1
+        best = max(finished, key=lambda t: sign * t["metrics"]["objective"])
+    summary = {"sweep": sweep, "path": str(root / sweep), "metric": space.spec.metric, "mode": space.spec.mode,
+               "parent_run_id": parent_id, "trials": trials, "best": best}
+    _finish_parent(base, parent_id, summary, root / sweep)
+    return summary
+
+
+def _finish_parent(base: ExperimentConfig, parent_id: str | None, summary: dict, where: Path) -> None:
+    (where / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    best = summary["best"]
+    errors = any(t["error"] for t in summary["trials"])
+    finish_run(base.tracking, parent_id, "FAILED" if errors and not best else "FINISHED",
+               metrics={"best_objective": best["metrics"]["objective"]} if best else None,
+               tags={"rkd.best_sample": json.dumps(best["config"])} if best else None,
+               artifacts=[where / "summary.json"])
+
+
+def _run_row(config: dict[str, Any], *, configs: dict, out_dir: str, parent_run_id: str | None) -> None:
+    """A trial of :func:`launch_runs`: one named config, trained and evaluated in-process."""
+    from rkd.config import config_from_dict
+
+    cfg = config_from_dict(configs[config["row"]])
+    out = run_experiment(cfg, run_dir=Path(out_dir) / cfg.name, parent_run_id=parent_run_id,
+                         tags={"rkd.row": config["row"]})
+    tune.report({DONE_KEY: 1, "run_dir": str(out.run_dir), "mlflow_run_id": out.mlflow_run_id or "",
+                 **results_metrics(out.results)})
+
+
+def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, parent_run_id: str | None = None,
+                max_concurrent_trials: int = 1, name: str = "runs") -> dict[str, dict]:
+    """Run several complete experiment configs as the trials of one Tune launch (a grid over
+    their keys) on the connected cluster; each trial gets ``total CPUs / max_concurrent_trials``
+    CPUs (torch uses that many threads). Returns ``{key: last result}``; a failed trial's result
+    carries ``error``. Teachers the configs name must exist already (trained once by the caller),
+    or concurrent trials would each wait for the lock of the one training it."""
+    out_dir = Path(out_dir).resolve()
+    payload = {k: absolute_paths(c).model_dump(mode="json") for k, c in configs.items()}
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, max_concurrent_trials))
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_row, configs=payload, out_dir=str(out_dir), parent_run_id=parent_run_id),
+        {"CPU": cpus})
+    tuner = tune.Tuner(trainable, param_space={"row": tune.grid_search(list(configs))},
+                       tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials),
+                       run_config=tune.RunConfig(name=name, storage_path=str(out_dir / "ray_results"), verbose=0))
+    grid = tuner.fit()
+    out = {}
+    for r in grid:
+        key = r.config["row"]
+        out[key] = {**(r.metrics or {}), "error": f"{type(r.error).__name__}: {r.error}"[:2000] if r.error else None}
+    return out

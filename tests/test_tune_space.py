@@ -1,0 +1,95 @@
+"""The tune-space grammar (rkd/config/tune_space.py): every shipped space validates, bad
+spaces fail before Ray starts, naming the file and the key."""
+
+from __future__ import annotations
+
+import glob
+import re
+
+import pytest
+
+from rkd.config import ConfigError
+from rkd.config.tune_space import load_space, metric_names, overrides_for, parse_distribution
+
+SPACES = sorted(glob.glob("tune_spaces/*.yaml"))
+
+
+def test_spaces_exist_for_every_method():
+    names = {p.rsplit("/", 1)[-1][:-5] for p in SPACES}
+    assert {"robust_kd", "shafahi", "macd", "defensive_distillation", "adversarial", "trades"} <= names
+
+
+@pytest.mark.parametrize("path", SPACES)
+def test_shipped_space_validates(path):
+    space = load_space(path)
+    assert space.params and space.spec.metric in metric_names(space.base)
+
+
+def test_papers_ranges():
+    rkd = load_space("tune_spaces/robust_kd.yaml").params
+    assert rkd["method.n_proj"].args == (1, 5, 10) and rkd["method.beta"].kind == "loguniform"
+    assert [1, 2, 3, 4] in rkd["method.stages"].args and len(rkd["method.teacher.config"].args) == 2
+    macd = load_space("tune_spaces/macd.yaml")
+    assert macd.params["method.student_mask_ratio"].args == (0.65, 0.8)
+    assert macd.params["method.student_patch"].args == (2, 4, 8, 16)
+    assert macd.spec.metric.endswith("(transfer)")
+    dd = load_space("tune_spaces/defensive_distillation.yaml").params["method.temperature"]
+    assert dd.args == (1, 2, 5, 10, 20, 30, 40, 50, 100)
+
+
+def test_trial_config_applies_the_sample():
+    space = load_space("tune_spaces/robust_kd.yaml")
+    cfg = space.trial_config({"method.beta": 5.0, "method.stages": [2]})
+    assert cfg.method.beta == 5.0 and cfg.method.stages == [2]
+    assert overrides_for({"a.b": [1, 2], "c": "x"}) == ['a.b=[1, 2]', 'c="x"']
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"gaussian": [0, 1]}, "unknown distribution 'gaussian'"),
+    ({"choice": []}, "at least one value"),
+    ({"uniform": [2, 1]}, "low < high"),
+    ({"loguniform": [0, 1]}, "low > 0"),
+    ({"randint": [1.5, 4]}, "integers"),
+    ({"quniform": [0, 1]}, "[low, high, q]"),
+    ({"uniform": [0, 1], "choice": [1]}, "exactly one"),
+    (3, "exactly one"),
+])
+def test_bad_distributions(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_distribution(spec)
+
+
+def _write(tmp_path, body):
+    p = tmp_path / "space.yaml"
+    p.write_text(body)
+    return str(p)
+
+
+@pytest.mark.parametrize("body, key, message", [
+    ("params: {method.beta: {gaussian: [0, 1]}}", "params.method.beta", "unknown distribution"),
+    ("params: {method.beta: {choice: []}}", "params.method.beta", "at least one value"),
+    ("params: {method.beta: {uniform: [10, 1]}}", "params.method.beta", "low < high"),
+    ("params: {method.betta: {uniform: [1, 10]}}", "params.method.betta", "not a key of the base config"),
+    ("params: {method.beta: {uniform: [-1, 10]}}", "params.method.beta", "value -1 is invalid"),
+    ("params: {method.stages: {choice: [[9]]}}", "params.method.stages", "invalid"),
+    ("metric: PGD-99 Linf 8/255\nparams: {method.beta: {choice: [1]}}", "metric", "not reported"),
+    ("searcher: grid\nparams: {method.beta: {uniform: [1, 2]}}", "searcher", "finite"),
+    ("num_samples: 0\nparams: {method.beta: {choice: [1]}}", "num_samples", "greater than or equal to 1"),
+    ("sampler: random\nparams: {method.beta: {choice: [1]}}", "sampler", "unknown key"),
+    ("params: {}", "params", "at least one parameter"),
+    ("metric: PGD-7 Linf 8/255 (transfer)\nparams: {method.beta: {choice: [1]}}", "metric", "not reported"),
+])
+def test_bad_space_fails_naming_file_and_key(tmp_path, body, key, message):
+    path = _write(tmp_path, "base: preset:digits_robust_kd\n" + body + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_space(path)
+    assert err.value.source == path
+    assert any(k == key and message in m for k, m in err.value.problems), err.value.problems
+
+
+def test_missing_file_and_bad_base(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_space(tmp_path / "nope.yaml")
+    path = _write(tmp_path, "base: preset:no_such\nparams: {seed: {choice: [1]}}\n")
+    with pytest.raises(ConfigError, match="base"):
+        load_space(path)
