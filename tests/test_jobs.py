@@ -179,3 +179,32 @@ def test_macd_table6_grid_and_ablations():
     assert _load("jobs/macd/cifar10_resnet50/ablation_no_masking.yaml").method.masking is False
     self_only = _load("jobs/macd/cifar10_resnet50/ablation_contrastive_only.yaml").method
     assert self_only.distill == "self" and self_only.teacher is None
+
+
+def test_ray_cluster_and_kuberay_files():
+    """The cluster-launcher config and the KubeRay manifest parse and have what `ray up` and the
+    operator need (a head and a GPU worker type, setup that installs the project, shared storage)."""
+    import yaml
+
+    c = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    assert {"cluster_name", "provider", "available_node_types", "head_node_type", "setup_commands",
+            "head_start_ray_commands", "worker_start_ray_commands", "file_mounts"} <= set(c)
+    types = c["available_node_types"]
+    assert c["head_node_type"] in types and any(
+        t != c["head_node_type"] and v["max_workers"] > v["min_workers"] for t, v in types.items())
+    setup = " ".join(c["setup_commands"])
+    assert "pip install" in setup and "/mnt/shared" in setup
+    k = yaml.safe_load((REPO / "k8s" / "rayjob.yaml").read_text())
+    assert k["kind"] == "RayJob" and k["spec"]["entrypoint"].startswith("python jobs/")
+    workers = k["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" in workers["resources"]["limits"]
+
+
+def test_job_entry_points_show_help():
+    import subprocess
+    import sys
+
+    for name in ("train", "tune", "eval", "build_cache", "reproduce"):
+        out = subprocess.run([sys.executable, f"jobs/{name}.py", "--help"], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and "ray job submit" in out.stdout, (name, out.stderr[-500:])

@@ -147,3 +147,24 @@ def test_interrupted_sweep_resumes_only_the_remaining_trials(ray_cluster, tmp_pa
     assert all(after[k] == v for k, v in done_before.items())  # finished trials were not rerun
     lrs = sorted(t["config"]["train.lr"] for t in summary["trials"])
     assert lrs == [0.01, 0.02, 0.03, 0.04]
+
+
+def test_failed_trial_is_recorded_failed(ray_cluster, tmp_path, tracking_uri):
+    from rkd.orchestration.tune import run_sweep
+
+    (tmp_path / "base.yaml").write_text(
+        "data: {dataset: synthetic, limit_train: 32, limit_test: 16, batch_size: 16}\n"
+        "model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\n"
+        "train: {epochs: 1, warmup_epochs: 0, progress: none}\neval: {attacks: [{kind: fgsm, eps: 8/255}]}\n"
+        f"output_dir: {tmp_path / 'runs'}\ntracking: {{tracking_uri: '{tracking_uri}', log_model: false}}\n")
+    (tmp_path / "space.yaml").write_text("base: base.yaml\nmetric: clean\nscheduler: {name: fifo}\nsearcher: grid\n"
+                                         "params: {train.lr: {grid: [0.01, 1.0e+30]}}\n")  # the second diverges
+    summary = run_sweep(tmp_path / "space.yaml", name="s3")
+    by_lr = {t["config"]["train.lr"]: t for t in summary["trials"]}
+    assert by_lr[0.01]["error"] is None and "diverged" in by_lr[1e30]["error"]
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("rkd").experiment_id],
+                              filter_string="tags.`rkd.sweep` = 's3'")
+    status = {json.loads(r.data.tags["rkd.sample"])["train.lr"]: r.info.status for r in runs}
+    assert status == {0.01: "FINISHED", 1e30: "FAILED"}
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"  # the sweep itself completed

@@ -27,7 +27,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, tracking
            "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
            "RAY_TRAIN_V2_ENABLED": "1"}
     address = address or os.environ.get("RAY_ADDRESS")
+    # no address: start a new local cluster ("local"); plain ray.init() would instead join
+    # whatever cluster /tmp/ray/ray_current_cluster names (e.g. a stale one from `ray start`)
     kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    address = address or "local"
     try:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
     except ValueError as exc:

@@ -122,7 +122,7 @@ def train_func(config: dict[str, Any]) -> None:
 
         torch.cuda.set_device(device)
     checkpoint = ray.train.get_checkpoint()
-    callbacks: list[Callback] = [RayReportCallback(_objective_fn(cfg, config.get("objective"), device))]
+    callbacks: list[Callback] = [RayReportCallback(objective_fn(cfg, config.get("objective"), device))]
     if config.get("crash"):
         callbacks.append(CrashOnce(config["crash"]["epoch"], config["crash"]["rank"], checkpoint is None))
     adv = shared_tensor(config.get("adversarial_set"))
@@ -172,7 +172,7 @@ def shared_tensor(ref):
         return torch.from_numpy(arr)
 
 
-def _objective_fn(cfg: ExperimentConfig, objective, device):
+def objective_fn(cfg: ExperimentConfig, objective, device):
     """Per-epoch objective: the space's metric (clean or a white-box attack of ``eval.attacks``)
     on the first ``val_samples`` test images."""
     if not objective:

@@ -38,7 +38,7 @@ from rkd.orchestration.train import (
     DONE_KEY,
     EPOCH_KEY,
     RayReportCallback,
-    _objective_fn,
+    objective_fn,
     absolute_paths,
     prepare_shared,
     results_metrics,
@@ -156,10 +156,10 @@ def _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv_ref, objectiv
     from rkd.experiment import resolve_device
 
     checkpoint = tune.get_checkpoint()
-    cb = RayReportCallback(_objective_fn(cfg, objective, resolve_device(cfg.device)), report=tune.report,
+    cb = RayReportCallback(objective_fn(cfg, objective, resolve_device(cfg.device)), report=tune.report,
                            checkpoint_cls=tune.Checkpoint)
-    kwargs = dict(run_dir=run_dir, mlflow_run_id=run_id, allow_existing=True, parent_run_id=parent_run_id, tags=tags, callbacks=[cb],
-                  adversarial_set=shared_tensor(adv_ref))
+    kwargs = dict(run_dir=run_dir, mlflow_run_id=run_id, allow_existing=True, parent_run_id=parent_run_id,
+                  tags=tags, callbacks=[cb], adversarial_set=shared_tensor(adv_ref))
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             out = run_experiment(cfg, resume_from=Path(d) / CHECKPOINT_FILE, **kwargs)
@@ -254,7 +254,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
                        "config": {k: r.config.get(k) for k in space.params} if r.config else None,
                        "metrics": {k: v for k, v in (r.metrics or {}).items()
                                    if k == "objective" or k.startswith("acc_") or k in (EPOCH_KEY, DONE_KEY)},
-                       "error": str(r.error)[:500] if r.error else None, "path": r.path})
+                       "error": str(r.error)[-500:] if r.error else None, "path": r.path})
     best = None
     finished = [t for t in trials if t["metrics"].get(DONE_KEY) == 1 and not t["error"]]
     if finished:
