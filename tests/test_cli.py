@@ -82,7 +82,7 @@ def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracki
     over = [o for o in tiny_overrides if not o.startswith("output_dir")] + ["eval.jsma.max_samples=8"]
     proc = rkd("quickstart", *over, "adversarial:method.attack.steps=2", "teacher_plus:method.attack.steps=2",
                "--only", "standard", "adversarial", "teacher_plus", "robust_kd", "defensive_distillation",
-               "--output-dir", str(tmp_path / "q"), cwd=tmp_path)
+               "--output-dir", "q", cwd=tmp_path)  # relative: the Tune trials must resolve it as the driver does
     assert "| standard training |" in proc.stdout and "| adversarial training" in proc.stdout
     assert "| robust teacher: AT L2 0.5 on digits+ |" in proc.stdout and "| Robust-KD (digits+ -> digits-) |" in proc.stdout
     assert "## Defensive distillation" in proc.stdout and "JSMA success (probabilities)" in proc.stdout
@@ -99,6 +99,9 @@ def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracki
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
     assert parent.info.run_name == "quickstart" and parent.info.status == "FINISHED"
+    every = client.search_runs([client.get_experiment_by_name("rkd-quickstart").experiment_id])
+    names = [r.info.run_name for r in every]
+    assert names.count("digits-teacher-plus-at-l2") == 1  # trained once, by the driver, not again in a trial
 
 
 def test_model_knob_the_arch_does_not_take_is_rejected(tmp_path, tiny_overrides):

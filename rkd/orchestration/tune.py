@@ -122,8 +122,10 @@ def adversarial_set_key(cfg: ExperimentConfig) -> str:
                        cfg.data.eval_batch_size, m.cache_dir], sort_keys=True)
 
 
-def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id: str | None, shared) -> None:
+def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id: str | None, shared,
+           cwd: str) -> None:
     """One trial: the base config with this sample; reports each epoch and at the end."""
+    os.chdir(cwd)  # relative paths in the config (teacher caches, data) mean what they meant to the driver
     space = load_space(space_path)
     sample = {k: config[k] for k in space.params}
     ctx = tune.get_context()
@@ -231,7 +233,8 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
     state_file.write_text(json.dumps({"parent_run_id": parent_id, "space": space_path}))
 
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, space_path=space_path, sweep=sweep, parent_run_id=parent_id, shared=shared),
+        tune.with_parameters(_trial, space_path=space_path, sweep=sweep, parent_run_id=parent_id, shared=shared,
+                             cwd=os.getcwd()),
         trial_resources(base) if base.scaling.num_workers == 0 else {"CPU": 0})
     callbacks = [_MlflowStatus(base.tracking)] if base.tracking.enabled else []
     if resume:
@@ -276,10 +279,11 @@ def _finish_parent(base: ExperimentConfig, parent_id: str | None, summary: dict,
                artifacts=[where / "summary.json"])
 
 
-def _run_row(config: dict[str, Any], *, configs: dict, out_dir: str, parent_run_id: str | None) -> None:
+def _run_row(config: dict[str, Any], *, configs: dict, out_dir: str, parent_run_id: str | None, cwd: str) -> None:
     """A trial of :func:`launch_runs`: one named config, trained and evaluated in-process."""
     from rkd.config import config_from_dict
 
+    os.chdir(cwd)  # relative paths in the config (teacher caches, data) mean what they meant to the driver
     cfg = config_from_dict(configs[config["row"]])
     out = run_experiment(cfg, run_dir=Path(out_dir) / cfg.name, parent_run_id=parent_run_id,
                          tags={"rkd.row": config["row"]})
@@ -298,7 +302,8 @@ def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, pa
     payload = {k: absolute_paths(c).model_dump(mode="json") for k, c in configs.items()}
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, max_concurrent_trials))
     trainable = tune.with_resources(
-        tune.with_parameters(_run_row, configs=payload, out_dir=str(out_dir), parent_run_id=parent_run_id),
+        tune.with_parameters(_run_row, configs=payload, out_dir=str(out_dir), parent_run_id=parent_run_id,
+                             cwd=os.getcwd()),
         {"CPU": cpus})
     tuner = tune.Tuner(trainable, param_space={"row": tune.grid_search(list(configs))},
                        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials),
