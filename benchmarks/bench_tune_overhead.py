@@ -47,7 +47,7 @@ def overhead(k: int, epochs: int) -> dict:
     space.write_text(f"base: base.yaml\noverrides: {json.dumps(over)}\nmetric: clean\nscheduler: {{name: fifo}}\n"
                      f"searcher: grid\nparams: {{train.lr: {{grid: {json.dumps(lrs)}}}}}\n")
     t0 = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     start = time.perf_counter() - t0
     t0 = time.perf_counter()
     run_sweep(space, name="bench", max_concurrent_trials=1)
@@ -68,14 +68,15 @@ def uss_bytes() -> int:
 def memory(readers: int, set_mb: int) -> dict:
     import ray
 
-    ray.init(num_cpus=max(2, readers), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=max(2, readers), include_dashboard=False, log_to_driver=False,
              object_store_memory=max(set_mb * 3, 256) * 2**20)
 
     @ray.remote(num_cpus=0)
     class Reader:
-        def read(self, arr):
-            arr = arr[0] if isinstance(arr, list) else arr
-            total = float(np.asarray(arr).sum(dtype=np.float64))  # touch every page
+        def read(self, arr, copy: bool = False):
+            arr = np.array(arr) if copy else np.asarray(arr)  # a private copy, or the shared read-only view
+            total = float(arr.sum(dtype=np.float64))  # touch every page
+            self.keep = arr  # hold it while measuring
             return uss_bytes(), total
 
     n = set_mb * 2**20 // 4
@@ -85,10 +86,7 @@ def memory(readers: int, set_mb: int) -> dict:
     for mode in ("object store", "own copy"):
         actors = [Reader.remote() for _ in range(readers)]
         idle = ray.get([a.read.remote(np.zeros(1, np.float32)) for a in actors])
-        if mode == "object store":
-            res = ray.get([a.read.remote(ref) for a in actors])  # zero-copy, read-only view
-        else:
-            res = ray.get([a.read.remote([data.copy()]) for a in actors])  # a private copy each
+        res = ray.get([a.read.remote(ref, copy=mode == "own copy") for a in actors])
         out[mode] = sum(r[0] - i[0] for r, i in zip(res, idle)) / 2**20
         for a in actors:
             ray.kill(a)
@@ -109,7 +107,8 @@ def main(argv=None):
     print(f"  in-process loop      {o['local']:8.1f} s   {o['local'] / o['k']:6.1f} s/trial   1.00x")
     print(f"  Tune sweep           {o['tune']:8.1f} s   {o['tune'] / o['k']:6.1f} s/trial   {o['tune'] / o['local']:.2f}x"
           f"   (+{(o['tune'] - o['local']) / o['k']:.1f} s per trial; local cluster start {o['start']:.1f} s more)")
-    print(f"{args.readers} concurrent readers of a {args.set_mb} MB float32 set, memory unique to the readers (sum of USS):")
+    print(f"{args.readers} concurrent readers of a {args.set_mb} MB float32 set (one copy in the object store), "
+          f"memory unique to the readers (sum of USS):")
     for k, v in m.items():
         print(f"  {k:<20} {v:8.1f} MB   {v / args.set_mb:5.2f} copies")
 
