@@ -50,6 +50,8 @@ from rkd.orchestration.train import (
 from rkd.tracking import create_run, end_run, end_tagged_runs, finish_run
 
 STATE_FILE = "rkd_sweep.json"
+#: a trial that launches a TorchTrainer only coordinates it (Tune refuses a zero request)
+COORDINATOR_CPU = 0.01
 
 
 def to_tune(dist: Distribution):
@@ -79,7 +81,10 @@ def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
     if s.use_gpu:
         per.setdefault("GPU", 1.0)
     n = max(1, s.num_workers)
-    return {k: v * n for k, v in per.items()}
+    need = {k: v * n for k, v in per.items()}
+    if s.num_workers > 0:
+        need["CPU"] = need.get("CPU", 0) + COORDINATOR_CPU
+    return need
 
 
 def max_concurrent(cfg: ExperimentConfig, requested: int | None) -> int:
@@ -235,7 +240,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, space_path=space_path, sweep=sweep, parent_run_id=parent_id, shared=shared,
                              cwd=os.getcwd()),
-        trial_resources(base) if base.scaling.num_workers == 0 else {"CPU": 0})
+        trial_resources(base) if base.scaling.num_workers == 0 else {"CPU": COORDINATOR_CPU})
     callbacks = [_MlflowStatus(base.tracking)] if base.tracking.enabled else []
     if resume:
         tuner = tune.Tuner.restore(str(root / sweep), trainable, resume_unfinished=True, resume_errored=True)
