@@ -15,9 +15,8 @@ def main() -> int:
     ap.add_argument("config", help="a macd experiment config")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    from rkd.adversarial_cache import cached_adversarial_set
     from rkd.config import load_config
-    from rkd.experiment import build_datasets, resolve_device
+    from rkd.experiment import build_datasets, macd_adversarial_set, resolve_device
     from rkd.teachers import load_teacher
 
     cfg = load_config(args.config, args.overrides)
@@ -26,9 +25,7 @@ def main() -> int:
     device = resolve_device(cfg.device)
     source, run = load_teacher(cfg.method.source, device, tracking=cfg.tracking)
     train_set, _, _ = build_datasets(cfg.data)
-    adv, _, key = cached_adversarial_set(cfg.method.cache_dir, source, train_set.with_transform(None),
-                                         cfg.method.attack.attack_params(), cfg.seed,
-                                         batch_size=cfg.data.eval_batch_size, device=device, return_key=True)
+    adv, key = macd_adversarial_set(cfg, train_set, source, device, return_key=True)
     print(f"source {run.run_dir}; {adv.shape[0]} examples in {cfg.method.cache_dir}/{key}")
     return 0
 

@@ -302,18 +302,26 @@ def _load_source(cfg: ExperimentConfig, device, parent_run_id: str | None):
     return load_teacher(spec, device, parent_run_id=parent_run_id, tracking=cfg.tracking)
 
 
-def macd_training_set(cfg: ExperimentConfig, train_set, source, device, adversarial_set: torch.Tensor | None = None):
-    """MACD's training data: each clean image paired with its one-time adversarial example
-    (PGD against ``source``; from ``adversarial_set`` when given, else from the on-disk cache,
-    built there on first use), augmented together (:func:`rkd.data.paired_dataset`)."""
+def macd_adversarial_set(cfg: ExperimentConfig, train_set, source, device, return_key: bool = False):
+    """MACD's one-time adversarial examples of ``train_set`` (``method.attack`` against
+    ``source``), from the on-disk cache under ``method.cache_dir``, built there on first use.
+    Returns the ``(N, C, H, W)`` tensor (and the cache key with ``return_key``)."""
     m = cfg.method
     clean = train_set.with_transform(None)
+    adv, labels, key = cached_adversarial_set(m.cache_dir, source, clean, m.attack.attack_params(), cfg.seed,
+                                              batch_size=cfg.data.eval_batch_size, device=device, return_key=True)
+    if not torch.equal(labels, clean.labels):
+        raise CacheCorruptError(key, "the cached adversarial set's labels differ from the training set's")
+    return (adv, key) if return_key else adv
+
+
+def macd_training_set(cfg: ExperimentConfig, train_set, source, device, adversarial_set: torch.Tensor | None = None):
+    """MACD's training data: each clean image paired with its one-time adversarial example
+    (``adversarial_set`` when given, else :func:`macd_adversarial_set`), augmented together
+    (:func:`rkd.data.paired_dataset`)."""
     if adversarial_set is None:
-        adversarial_set, labels = cached_adversarial_set(m.cache_dir, source, clean, m.attack.attack_params(), cfg.seed,
-                                                         batch_size=cfg.data.eval_batch_size, device=device)
-        if not torch.equal(labels, clean.labels):
-            raise CacheCorruptError("-", "the cached adversarial set's labels differ from the training set's")
-    return paired_dataset(clean, adversarial_set).with_transform(train_set.transform)
+        adversarial_set = macd_adversarial_set(cfg, train_set, source, device)
+    return paired_dataset(train_set.with_transform(None), adversarial_set).with_transform(train_set.transform)
 
 
 def _load_mae_start(model, state: dict) -> None:

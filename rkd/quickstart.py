@@ -28,7 +28,7 @@ from rkd.config.schema import TeacherConfig
 from rkd.evaluation import comparison_table, distillation_table, read_results
 from rkd.experiment import unique_dir
 from rkd.methods import TEACHER_METHODS
-from rkd.teachers import ensure_teacher
+from rkd.teachers import ensure_named_models, ensure_teacher
 from rkd.tracking import MlflowRun, resolve_tracking_uri
 
 #: (table label, preset) in table order; presets whose name contains "teacher" are teachers
@@ -74,14 +74,6 @@ def method_keys() -> list[str]:
 
 def _is_teacher(preset: str) -> bool:
     return "teacher" in _key(preset)
-
-
-def _loaded_models(cfg) -> list[TeacherConfig]:
-    """The cached models a run loads (teacher, MACD source, the transfer protocol's source)."""
-    m = cfg.method
-    specs = [getattr(m, "teacher", None), getattr(m, "source", None),
-             cfg.eval.transfer.source if cfg.eval.transfer is not None else None]
-    return [s for s in specs if s is not None]
 
 
 def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
@@ -150,8 +142,7 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
                 print(f"== {label}: teacher {preset}", file=out, flush=True)
                 teachers[preset] = ensure_teacher(cfg, parent_run_id=parent.run_id, tracking=tracking)
             else:
-                for spec in _loaded_models(cfg):
-                    ensure_teacher(spec, parent_run_id=parent.run_id, tracking=tracking)
+                ensure_named_models(cfg, parent_run_id=parent.run_id, tracking=tracking)
         # 2. every other row: one Tune launch on the local Ray cluster
         students = {_key(p): c for _, p, c in configs if not isinstance(c, TeacherConfig)}
         launched = {}

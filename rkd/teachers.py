@@ -133,6 +133,23 @@ def ensure_teacher(spec: TeacherConfig, *, parent_run_id: str | None = None,
         return TeacherRun(run_dir, cfg, key, True)
 
 
+def named_models(cfg: ExperimentConfig) -> list[TeacherConfig]:
+    """The cached models a run of ``cfg`` loads: its teacher, MACD's source, an MAE stage's
+    ``start_from`` and the transfer protocol's source."""
+    m = cfg.method
+    specs = [getattr(m, "teacher", None), getattr(m, "source", None), getattr(m, "start_from", None),
+             cfg.eval.transfer.source if cfg.eval.transfer is not None else None]
+    return [s for s in specs if s is not None]
+
+
+def ensure_named_models(cfg: ExperimentConfig, *, parent_run_id: str | None = None,
+                        tracking: TrackingConfig | None = None) -> None:
+    """Train (once) every model of :func:`named_models` that is not cached yet -- e.g. in a
+    driver, before workers or trials that only load them start."""
+    for spec in named_models(cfg):
+        ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking or cfg.tracking)
+
+
 def load_teacher(spec: TeacherConfig, device="cpu", *, parent_run_id: str | None = None,
                  tracking: TrackingConfig | None = None) -> tuple[nn.Module, TeacherRun]:
     """The teacher network (eval mode, on ``device``) and where it came from."""

@@ -110,10 +110,7 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
     entries = []
     for a in cfg.attacks:
         torch.manual_seed(cfg.seed)
-        params = a.attack_params()
-        if a.kind == "autoattack":
-            params["n_classes"] = _num_classes(test_set)
-        fn = build_attack(a.kind, **params)
+        fn = build_attack(a.kind, **attack_params(a, test_set))
         t0 = time.perf_counter()
         acc = accuracy(model, loader, device, fn)
         entries.append(attack_entry(a, acc, time.perf_counter() - t0, params=fn.describe()))
@@ -148,9 +145,7 @@ def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source
         with torch.no_grad():
             clean_ok = torch.cat([(model(x.to(device)).argmax(1) == y.to(device)).cpu() for x, y in clean_loader])
         for a in tc.attacks:
-            params = a.attack_params()
-            if a.kind == "autoattack":
-                params["n_classes"] = _num_classes(data)
+            params = attack_params(a, data)
             t0 = time.perf_counter()
             adv, labels = cached_attack_set(tc.cache_dir, source, data, a.kind, params, cfg.seed,
                                             batch_size=batch_size, device=device)
@@ -165,6 +160,15 @@ def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source
     finally:
         model.train(was_training)
     return entries
+
+
+def attack_params(a: AttackConfig, dataset) -> dict:
+    """``build_attack`` keyword arguments of ``a`` on ``dataset`` (AutoAttack also needs the
+    number of classes)."""
+    params = a.attack_params()
+    if a.kind == "autoattack":
+        params["n_classes"] = _num_classes(dataset)
+    return params
 
 
 def _num_classes(dataset) -> int:

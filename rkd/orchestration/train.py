@@ -34,6 +34,7 @@ from ray.train.torch import TorchTrainer
 from rkd.config import ExperimentConfig, config_from_dict
 from rkd.engine import Callback
 from rkd.experiment import RunOutput, run_experiment, unique_dir
+from rkd.teachers import ensure_named_models
 from rkd.tracking import absolute_tracking_uri, create_run, end_run
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -180,21 +181,18 @@ def objective_fn(cfg: ExperimentConfig, objective, device):
     label, val_samples = objective
     if label.endswith("(transfer)"):
         return None  # measured at the end only (the space validation keeps ASHA off these)
+    from rkd.attacks import build_attack
     from rkd.data.loader import make_loader
     from rkd.evaluation import accuracy
-    from rkd.evaluation.robust_accuracy import eval_subset
+    from rkd.evaluation.robust_accuracy import attack_params, eval_subset
     from rkd.experiment import build_datasets
-    from rkd.attacks import build_attack
 
     _, test_set, _ = build_datasets(cfg.data)
     loader = make_loader(eval_subset(test_set, val_samples), cfg.data.eval_batch_size)
     attack = None
     if label != "clean":
         a = next(a for a in cfg.eval.attacks if a.label == label)
-        params = a.attack_params()
-        if a.kind == "autoattack":
-            params["n_classes"] = test_set.num_classes
-        attack = build_attack(a.kind, **params)
+        attack = build_attack(a.kind, **attack_params(a, test_set))
 
     def fn(model):
         import torch
@@ -210,18 +208,6 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config with the paths workers must agree on made absolute (tracking URI, output dir)."""
     tracking = cfg.tracking.model_copy(update={"tracking_uri": absolute_tracking_uri(cfg.tracking.tracking_uri)})
     return cfg.model_copy(update={"tracking": tracking, "output_dir": str(Path(cfg.output_dir).resolve())})
-
-
-def prepare_shared(cfg: ExperimentConfig, parent_run_id: str | None = None) -> None:
-    """Train (once) the cached models a run names -- teacher, MACD source, MAE start -- in the
-    driver, before workers start, so that workers only load them."""
-    from rkd.teachers import ensure_teacher
-
-    m = cfg.method
-    for spec in (getattr(m, "teacher", None), getattr(m, "source", None), getattr(m, "start_from", None),
-                 cfg.eval.transfer.source if cfg.eval.transfer is not None else None):
-        if spec is not None:
-            ensure_teacher(spec, parent_run_id=parent_run_id, tracking=cfg.tracking)
 
 
 def scaling_config(cfg: ExperimentConfig) -> ScalingConfig:
@@ -257,7 +243,7 @@ def fit(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, parent_run_
     if cfg.scaling.num_workers == 0:
         return run_experiment(cfg, run_dir=run_dir, parent_run_id=parent_run_id, tags=tags)
     cfg = absolute_paths(cfg)
-    prepare_shared(cfg, parent_run_id)
+    ensure_named_models(cfg, parent_run_id=parent_run_id)
     run_dir = Path(run_dir).resolve() if run_dir is not None else unique_dir(cfg.output_dir, cfg.name)
     run_tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
                 "rkd.run_dir": str(run_dir), "rkd.ray_workers": cfg.scaling.num_workers, **(tags or {})}

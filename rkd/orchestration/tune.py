@@ -40,13 +40,13 @@ from rkd.orchestration.train import (
     RayReportCallback,
     objective_fn,
     absolute_paths,
-    prepare_shared,
     results_metrics,
     shared_tensor,
     storage_path,
     tune_metric_key,
     trainer_for,
 )
+from rkd.teachers import ensure_named_models
 from rkd.tracking import create_run, end_run, end_tagged_runs, finish_run
 
 STATE_FILE = "rkd_sweep.json"
@@ -105,15 +105,13 @@ def shared_adversarial_set(cfg: ExperimentConfig):
     m = cfg.method
     if m.name != "macd" or not m.adversarial:
         return None, None
-    from rkd.adversarial_cache import cached_adversarial_set
-    from rkd.experiment import build_datasets, resolve_device
+    from rkd.experiment import build_datasets, macd_adversarial_set, resolve_device
     from rkd.teachers import load_teacher
 
     device = resolve_device(cfg.device)
     source, _ = load_teacher(m.source, device, tracking=cfg.tracking)
     train_set, _, _ = build_datasets(cfg.data)
-    adv, _ = cached_adversarial_set(m.cache_dir, source, train_set.with_transform(None), m.attack.attack_params(),
-                                    cfg.seed, batch_size=cfg.data.eval_batch_size, device=device)
+    adv = macd_adversarial_set(cfg, train_set, source, device)
     return ray.put(np.ascontiguousarray(adv.numpy())), adversarial_set_key(cfg)
 
 
@@ -151,7 +149,7 @@ def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id
         if cfg.scaling.num_workers == 0:
             _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv, objective)
         else:
-            prepare_shared(cfg, parent_run_id)
+            ensure_named_models(cfg, parent_run_id=parent_run_id)
             trainer_for(cfg, run_dir, mlflow_run_id=run_id, parent_run_id=parent_run_id, tags=tags,
                         adversarial_set=adv, objective=objective, callbacks=[TuneReportCallback()]).fit()
     except Exception as exc:  # not SystemExit: Tune ends a finished or stopped trial's thread with it
@@ -232,7 +230,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     parent_id = state.get("parent_run_id") or create_run(
         base.tracking, sweep, tags={"rkd.kind": "sweep", "rkd.space": space_path, "rkd.metric": space.spec.metric})
-    prepare_shared(base, parent_id)  # teachers, MAE, sources: once, before the trials
+    ensure_named_models(base, parent_run_id=parent_id)  # teachers, MAE, sources: once, before the trials
     shared = shared_adversarial_set(base)
     (root / sweep).mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"parent_run_id": parent_id, "space": space_path}))

@@ -244,10 +244,6 @@ def finish_run(tracking, run_id: str | None, status: str, *, metrics: dict | Non
     client.set_terminated(run_id, status=status)
 
 
-def run_status(tracking, run_id: str) -> str:
-    return _client(resolve_tracking_uri(tracking.tracking_uri)).get_run(run_id).info.status
-
-
 def metric_key(attack_entry: dict) -> str:
     """MLflow metric name of an attack result, e.g. ``acc.white-box.PGD-7_Linf_8_255``."""
     name = attack_entry["name"].replace(" ", "_").replace("/", "_").replace("=", "")
