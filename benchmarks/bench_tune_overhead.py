@@ -3,8 +3,10 @@
 1. Per-trial overhead of a Tune launch: the same K small trials (digits preset, in-process
    trials, ``scaling.num_workers: 0``) run (a) one after another in this process with
    :func:`rkd.experiment.run_experiment`, (b) as one sweep (:func:`rkd.orchestration.tune.run_sweep`,
-   ``max_concurrent_trials`` 1 so both do the same work serially). Overhead per trial =
-   (b - a) / K; the local cluster's start is timed separately.
+   ``max_concurrent_trials`` 1 so both do the same work serially), (c) as one sweep whose trials
+   each launch a one-worker TorchTrainer (``scaling.num_workers: 1``: Train controller, worker
+   group, checkpoints through Ray Train). Overhead per trial = (b - a) / K, (c - a) / K; the
+   local cluster's start is timed separately.
 2. Memory of K concurrent readers of the one-time adversarial set: a float32 array of the size
    of the set (``--set-mb``) is put in the object store once; K actors (a) map it from the object
    store (what trials do) or (b) receive their own copy; each reports its unique memory (USS,
@@ -43,17 +45,21 @@ def overhead(k: int, epochs: int) -> dict:
     local = time.perf_counter() - t0
     base = tmp / "base.yaml"
     base.write_text("base: preset:digits_standard\neval: {jsma: null, input_gradient: false}\n")
-    space = tmp / "space.yaml"
-    space.write_text(f"base: base.yaml\noverrides: {json.dumps(over)}\nmetric: clean\nscheduler: {{name: fifo}}\n"
-                     f"searcher: grid\nparams: {{train.lr: {{grid: {json.dumps(lrs)}}}}}\n")
+    spaces = {}
+    for name, extra in (("tune", []), ("tune_train", ["scaling.num_workers=1"])):
+        spaces[name] = tmp / f"{name}.yaml"
+        spaces[name].write_text(f"base: base.yaml\noverrides: {json.dumps(over + extra)}\nmetric: clean\n"
+                                f"scheduler: {{name: fifo}}\nsearcher: grid\nparams: {{train.lr: {{grid: {json.dumps(lrs)}}}}}\n")
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    start = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run_sweep(space, name="bench", max_concurrent_trials=1)
-    tuned = time.perf_counter() - t0
+    out = {"local": local, "start": time.perf_counter() - t0, "k": k}
+    for name, space in spaces.items():
+        t0 = time.perf_counter()
+        summary = run_sweep(space, name=f"bench-{name}", max_concurrent_trials=1)
+        out[name] = time.perf_counter() - t0
+        assert all(t["metrics"].get("finished") == 1 for t in summary["trials"]), summary["trials"]
     ray.shutdown()
-    return {"local": local, "tune": tuned, "start": start, "k": k}
+    return out
 
 
 def uss_bytes() -> int:
@@ -105,8 +111,10 @@ def main(argv=None):
     m = memory(args.readers, args.set_mb)
     print(f"{args.trials} trials of preset:digits_standard ({args.epochs} epochs, FGSM eval), one at a time:")
     print(f"  in-process loop      {o['local']:8.1f} s   {o['local'] / o['k']:6.1f} s/trial   1.00x")
-    print(f"  Tune sweep           {o['tune']:8.1f} s   {o['tune'] / o['k']:6.1f} s/trial   {o['tune'] / o['local']:.2f}x"
-          f"   (+{(o['tune'] - o['local']) / o['k']:.1f} s per trial; local cluster start {o['start']:.1f} s more)")
+    for key, label in (("tune", "Tune sweep"), ("tune_train", "Tune + TorchTrainer")):
+        print(f"  {label:<20} {o[key]:8.1f} s   {o[key] / o['k']:6.1f} s/trial   {o[key] / o['local']:.2f}x"
+              f"   (+{(o[key] - o['local']) / o['k']:.1f} s per trial)")
+    print(f"  (starting the local cluster: {o['start']:.1f} s more, once)")
     print(f"{args.readers} concurrent readers of a {args.set_mb} MB float32 set (one copy in the object store), "
           f"memory unique to the readers (sum of USS):")
     for k, v in m.items():

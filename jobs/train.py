@@ -13,7 +13,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
-    ap.add_argument("--workers", type=int, default=None, help="= scaling.num_workers")
+    w = ap.add_mutually_exclusive_group()
+    w.add_argument("--workers", type=int, default=None, help="= scaling.num_workers")
+    w.add_argument("--local", action="store_const", const=0, dest="workers", help="in-process (= --workers 0)")
     args = ap.parse_args()
     from rkd.cli import main as cli
 

@@ -61,6 +61,7 @@ def _cmd_tune(args) -> int:
 
     space = load_space(args.space)  # a bad space fails here, before Ray starts
     from rkd.orchestration import connect
+    from rkd.orchestration.train import DONE_KEY
     from rkd.orchestration.tune import run_sweep
 
     connect(args.address, num_cpus=args.num_cpus, tracking_uri=space.base.tracking.tracking_uri)
@@ -68,7 +69,7 @@ def _cmd_tune(args) -> int:
     print(f"sweep {summary['sweep']}: {len(summary['trials'])} trials, metric {summary['metric']} ({summary['mode']})")
     for t in summary["trials"]:
         obj = t["metrics"].get("objective")
-        state = "error" if t["error"] else ("done" if t["metrics"].get("done") == 1 else "stopped")
+        state = "error" if t["error"] else ("finished" if t["metrics"].get(DONE_KEY) == 1 else "stopped")
         print(f"  {state:8} objective={obj if obj is None else f'{obj:.4f}'} {json.dumps(t['config'])}")
     if summary["best"]:
         print(f"best: {json.dumps(summary['best']['config'])} objective={summary['best']['metrics']['objective']:.4f}")
@@ -170,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides")
     t.add_argument("--run-dir", help="run directory (default <output_dir>/<name>-<timestamp>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint")
-    t.add_argument("--workers", type=int, default=None,
+    w = t.add_mutually_exclusive_group()
+    w.add_argument("--workers", type=int, default=None,
                    help="Ray Train workers (= scaling.num_workers; 0 = in-process, no Ray)")
+    w.add_argument("--local", action="store_const", const=0, dest="workers",
+                   help="in-process, no Ray, whatever the config's scaling says (= --workers 0)")
     t.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS, else a local one)")
     t.set_defaults(func=_cmd_train)
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.e2e
@@ -26,14 +27,17 @@ def test_help_for_every_command(tmp_path):
             for cmd in ("", "train", "eval", "quickstart", "tune", "report")}
     assert all(out.startswith("usage: rkd") for out in outs.values())
     assert all(cmd in outs[""] for cmd in ("train", "eval", "quickstart", "tune", "report"))
-    assert "--resume" in outs["tune"] and "--workers" in outs["train"]
+    assert "--resume" in outs["tune"] and "--workers" in outs["train"] and "--local" in outs["train"]
     assert "digits_standard" in outs["train"] and "--resume" in outs["train"]
     assert "RUN_DIR" in outs["eval"].upper() and "--only" in outs["quickstart"]
 
 
 def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides, tracking_uri):
     run_dir = tmp_path / "run"
-    rkd("train", "preset:digits_standard", *tiny_overrides, "--run-dir", str(run_dir), cwd=tmp_path)
+    # --local: in-process, whatever the config's scaling asks for
+    rkd("train", "preset:digits_standard", *tiny_overrides, "scaling.num_workers=2", "--local", "--run-dir", str(run_dir),
+        cwd=tmp_path)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["scaling"]["num_workers"] == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["schema"] == "rkd.results/1" and len(results["attacks"]) == 7  # the grid + CW
     assert 0.0 <= results["clean_accuracy"] <= 1.0
@@ -49,7 +53,7 @@ def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides,
 
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and "rkd.ray_workers" not in run.data.tags
     assert "acc.white-box.PGD-3_L2_0.5" in run.data.metrics  # eval added to the same run
     assert len(client.get_metric_history(run_id, "train_loss")) == 2
     arts = {a.path for a in client.list_artifacts(run_id)}

@@ -40,7 +40,7 @@ def test_two_worker_trainer_matches_local_run(ray_cluster, tmp_path, tiny_overri
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.25)
     res_d = json.loads((tmp_path / "dist" / "results.json").read_text())
     assert abs(res_d["clean_accuracy"] - local.results["clean_accuracy"]) <= 0.2
-    assert remote["done"] == 1 and remote["acc_clean"] == pytest.approx(res_d["clean_accuracy"])
+    assert remote["finished"] == 1 and remote["acc_clean"] == pytest.approx(res_d["clean_accuracy"])
     run = MlflowClient(tracking_uri).get_run(remote["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["rkd.ray_workers"] == "2"
     assert run.data.metrics["acc.white-box.FGSM_8_255"] == pytest.approx(res_d["attacks"][0]["accuracy"])
@@ -53,7 +53,7 @@ def test_crashed_worker_restarts_from_its_checkpoint(ray_cluster, tmp_path, tiny
     out = fit(cfg, run_dir=tmp_path / "crashy", crash={"epoch": 2, "rank": 1})
     hist = json.loads((tmp_path / "crashy" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2, 3]  # the planned epochs, once each in the history
-    assert out["done"] == 1 and out["epoch"] == 3
+    assert out["finished"] == 1 and out["epoch"] == 3
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("rkd").experiment_id],
                               filter_string="attributes.run_name = 'crashy'")
@@ -91,7 +91,7 @@ def test_sweep_nested_runs_and_one_adversarial_set_for_all_trials(ray_cluster, t
         "base: macd.yaml\nmetric: FGSM 8/255\nscheduler: {name: fifo}\nsearcher: grid\n"
         "params: {method.student_mask_ratio: {grid: [0.5, 0.6, 0.7]}}\n")
     summary = run_sweep(tmp_path / "space.yaml", name="s1")
-    assert len(summary["trials"]) == 3 and all(t["metrics"]["done"] == 1 for t in summary["trials"])
+    assert len(summary["trials"]) == 3 and all(t["metrics"]["finished"] == 1 for t in summary["trials"])
     assert summary["best"]["metrics"]["objective"] == max(t["metrics"]["objective"] for t in summary["trials"])
     entries = [p for p in (tmp_path / "adv").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1  # built once, by the driver
@@ -141,7 +141,7 @@ def test_interrupted_sweep_resumes_only_the_remaining_trials(ray_cluster, tmp_pa
     from rkd.orchestration.tune import run_sweep
 
     summary = run_sweep(space, name="s2", resume=True)
-    assert len(summary["trials"]) == 4 and all(t["metrics"].get("done") == 1 for t in summary["trials"])
+    assert len(summary["trials"]) == 4 and all(t["metrics"].get("finished") == 1 for t in summary["trials"])
     after = {p.parent.name: p.stat().st_mtime for p in runs_dir.glob("*/results.json")}
     assert len(after) == 4
     assert all(after[k] == v for k, v in done_before.items())  # finished trials were not rerun
@@ -168,3 +168,84 @@ def test_failed_trial_is_recorded_failed(ray_cluster, tmp_path, tracking_uri):
     status = {json.loads(r.data.tags["rkd.sample"])["train.lr"]: r.info.status for r in runs}
     assert status == {0.01: "FINISHED", 1e30: "FAILED"}
     assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"  # the sweep itself completed
+
+
+def _tiny_base(path, tracking_uri, epochs, extra=""):
+    path.write_text(
+        "data: {dataset: synthetic, limit_train: 64, limit_test: 32, batch_size: 16}\n"
+        "model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\n"
+        f"train: {{epochs: {epochs}, warmup_epochs: 0, progress: none}}\neval: {{attacks: [{{kind: fgsm, eps: 8/255}}]}}\n"
+        f"output_dir: {path.parent / 'runs'}\ntracking: {{tracking_uri: '{tracking_uri}', log_model: false}}\n{extra}")
+
+
+class _Trial:  # what the ASHA scheduler reads of a trial
+    def __init__(self, trial_id):
+        self.trial_id = trial_id
+
+
+def test_asha_stops_worse_trials_but_lets_survivors_report_their_final_evaluation(tmp_path, tracking_uri):
+    from ray.tune.schedulers import TrialScheduler
+
+    from rkd.config.tune_space import load_space
+    from rkd.orchestration.tune import _scheduler
+
+    _tiny_base(tmp_path / "base.yaml", tracking_uri, epochs=3)
+    (tmp_path / "space.yaml").write_text("base: base.yaml\nmetric: clean\nscheduler: {name: asha, grace_period: 1, "
+                                         "reduction_factor: 2}\nparams: {train.lr: {uniform: [0.01, 0.1]}}\n")
+    sched = _scheduler(load_space(tmp_path / "space.yaml"))
+    sched.set_search_properties("objective", "max")
+    good, bad = _Trial("good"), _Trial("bad")
+    sched.on_trial_add(None, good)
+    sched.on_trial_add(None, bad)
+    decisions = [sched.on_trial_result(None, good, {"epoch": e, "objective": 0.9, "finished": 0}) for e in (1, 2, 3)]
+    # the final report (whole test set) comes after the last epoch's: the trial must still be running
+    decisions.append(sched.on_trial_result(None, good, {"epoch": 3, "objective": 0.92, "finished": 1}))
+    assert decisions == [TrialScheduler.CONTINUE] * 4
+    assert sched.on_trial_result(None, bad, {"epoch": 1, "objective": 0.1, "finished": 0}) == TrialScheduler.STOP
+
+
+def test_sweep_of_torch_trainers_gives_back_the_workers_of_a_stopped_trial(ray_cluster, tmp_path, tracking_uri,
+                                                                           monkeypatch):
+    """Each trial runs a 2-worker TorchTrainer taking 3 of the cluster's 4 CPUs; the scheduler stops
+    the second trial after its first epoch. Its workers' placement group must be given back, or the
+    third trial would wait for workers forever."""
+    import threading
+
+    import ray
+    from ray.tune.schedulers import FIFOScheduler
+
+    from rkd.orchestration import tune as sweep_mod
+
+    class StopSecondTrialAtEpoch1(FIFOScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            stop = trial.config.get("train.lr") == 0.02 and result.get("epoch") == 1
+            return self.STOP if stop else self.CONTINUE
+
+    monkeypatch.setattr(sweep_mod, "_scheduler", lambda space: StopSecondTrialAtEpoch1())
+    _tiny_base(tmp_path / "base.yaml", tracking_uri, epochs=2,
+               extra="scaling: {num_workers: 2, resources_per_worker: {CPU: 1.5}}\n")
+    (tmp_path / "space.yaml").write_text("base: base.yaml\nmetric: clean\nscheduler: {name: fifo}\nsearcher: grid\n"
+                                         "params: {train.lr: {grid: [0.01, 0.02, 0.03]}}\n")
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(sweep_mod.run_sweep(tmp_path / "space.yaml", name="s4")),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=240)
+    assert not worker.is_alive(), "the sweep stalled: a stopped trial kept its workers' resources"
+    by_lr = {t["config"]["train.lr"]: t for t in out["trials"]}
+    assert by_lr[0.01]["metrics"]["finished"] == 1 and by_lr[0.03]["metrics"]["finished"] == 1
+    assert by_lr[0.02]["metrics"]["finished"] == 0 and by_lr[0.02]["metrics"]["epoch"] == 1
+    assert all(t["error"] is None for t in out["trials"])
+    assert (tmp_path / "runs" / "s4").is_dir()
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("rkd").experiment_id],
+                              filter_string="tags.`rkd.sweep` = 's4'")
+    status = {json.loads(r.data.tags["rkd.sample"])["train.lr"]: r for r in runs}
+    assert {k: r.info.status for k, r in status.items()} == {0.01: "FINISHED", 0.02: "KILLED", 0.03: "FINISHED"}
+    assert status[0.02].data.tags["rkd.stopped_at_epoch"] == "1"
+    assert all(r.data.tags["mlflow.parentRunId"] == out["parent_run_id"] for r in runs)
+    assert "acc.white-box.FGSM_8_255" in status[0.03].data.metrics
+    deadline = time.time() + 30  # every worker is gone: the cluster's CPUs are all free again
+    while time.time() < deadline and ray.available_resources().get("CPU", 0) < 4:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 4

@@ -106,7 +106,8 @@ class SchedulerConfig(Strict):
     name: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
     reduction_factor: Number = Field(2.0, gt=1)
-    max_t: Optional[int] = Field(None, ge=1, description="default: the base config's train.epochs")
+    max_t: Optional[int] = Field(None, ge=1, description="epochs up to which ASHA's rungs may stop trials (default: "
+                                                           "the base config's train.epochs); survivors run to the end")
 
 
 class TuneSpace(Strict):

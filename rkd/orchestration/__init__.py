@@ -29,7 +29,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, tracking
     address = address or os.environ.get("RAY_ADDRESS")
     # no address: start a new local cluster ("local"); plain ray.init() would instead join
     # whatever cluster /tmp/ray/ray_current_cluster names (e.g. a stale one from `ray start`)
-    kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    # a local cluster keeps Ray's dashboard (about 2 s more to start): Ray Train's placement-group
+    # cleaner asks its state API whether a trial's Train controller is still alive, and without
+    # it leaves one idle process behind per trial a scheduler stops
+    kwargs = {} if address else {"num_cpus": num_cpus}
     address = address or "local"
     try:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)

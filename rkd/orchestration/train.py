@@ -35,12 +35,15 @@ from rkd.config import ExperimentConfig, config_from_dict
 from rkd.engine import Callback
 from rkd.experiment import RunOutput, run_experiment, unique_dir
 from rkd.teachers import ensure_named_models
+from rkd.orchestration.worker_groups import worker_group_ids
 from rkd.tracking import absolute_tracking_uri, create_run, end_run
 
 CHECKPOINT_FILE = "trainer.pt"
 FINAL_FILE = "final.json"
-#: the result keys every report carries (besides the epoch metrics)
-DONE_KEY, EPOCH_KEY = "done", "epoch"
+#: the result keys every report carries (besides the epoch metrics). Not Tune's reserved "done":
+#: a result with done=True makes Tune end the trial at once, which for a trial running a
+#: TorchTrainer kills the Train controller before it has released its workers.
+DONE_KEY, EPOCH_KEY = "finished", "epoch"
 
 
 def tune_metric_key(label: str) -> str:
@@ -69,10 +72,11 @@ class RayReportCallback(Callback):
     function, ``ray.train.report`` in a Train worker, ``ray.tune.report`` in an in-process trial."""
 
     def __init__(self, objective: Callable | None = None, report: Callable | None = None,
-                 checkpoint_cls: type | None = None):
+                 checkpoint_cls: type | None = None, extra: dict | None = None):
         self.objective = objective
         self.report = report or ray.train.report
         self.checkpoint_cls = checkpoint_cls or Checkpoint
+        self.extra = extra or {}
 
     def on_epoch_end(self, trainer, epoch, metrics):
         report = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -81,6 +85,7 @@ class RayReportCallback(Callback):
         if trainer.rank != 0:
             self.report(report)
             return
+        report.update(self.extra)
         # NaN where the metric is measured at the end only (a transfer metric): Tune expects the key
         report["objective"] = float(self.objective(trainer.method.model)) if self.objective else float("nan")
         with tempfile.TemporaryDirectory() as d:
@@ -123,7 +128,9 @@ def train_func(config: dict[str, Any]) -> None:
 
         torch.cuda.set_device(device)
     checkpoint = ray.train.get_checkpoint()
-    callbacks: list[Callback] = [RayReportCallback(objective_fn(cfg, config.get("objective"), device))]
+    worker_group = worker_group_ids() if rank == 0 else {}
+    callbacks: list[Callback] = [RayReportCallback(objective_fn(cfg, config.get("objective"), device),
+                                                   extra=worker_group)]
     if config.get("crash"):
         callbacks.append(CrashOnce(config["crash"]["epoch"], config["crash"]["rank"], checkpoint is None))
     adv = shared_tensor(config.get("adversarial_set"))
@@ -134,12 +141,12 @@ def train_func(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             if (Path(d) / FINAL_FILE).is_file():  # finished before a restart: report it again
                 final = json.loads((Path(d) / FINAL_FILE).read_text())
-                _report_final(final, rank)
+                _report_final({**final, **worker_group}, rank)
                 return
             out = run_experiment(cfg, resume_from=Path(d) / CHECKPOINT_FILE, **kwargs)
     else:
         out = run_experiment(cfg, **kwargs)
-    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **results_metrics(out.results)}
+    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **results_metrics(out.results), **worker_group}
     if config.get("objective") and rank == 0 and out.results:
         final["objective"] = final.get(tune_metric_key(config["objective"][0]), float("nan"))
     _report_final(final, rank, out.run_dir if rank == 0 else None)

@@ -46,6 +46,7 @@ from rkd.orchestration.train import (
     tune_metric_key,
     trainer_for,
 )
+from rkd.orchestration.worker_groups import OrphanedWorkerGroups
 from rkd.teachers import ensure_named_models
 from rkd.tracking import create_run, end_run, end_tagged_runs, finish_run
 
@@ -176,16 +177,36 @@ def _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv_ref, objectiv
     tune.report(final)
 
 
-class _MlflowStatus(tune.Callback):
-    """Driver side: a trial the scheduler stops is ended KILLED in MLflow (its process is gone)."""
+class _TrialEnd(tune.Callback):
+    """Driver side, for trials that end without their final report: a trial the scheduler stops
+    is ended KILLED in MLflow (its process is gone), a trial whose process died FAILED; the
+    placement group of its Train workers is removed once they are dead
+    (:class:`~rkd.orchestration.worker_groups.OrphanedWorkerGroups`)."""
 
     def __init__(self, tracking):
         self.tracking = tracking
+        self.groups = OrphanedWorkerGroups()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.last_result.get(DONE_KEY) != 1:
-            end_tagged_runs(self.tracking, "rkd.trial_id", trial.trial_id, "KILLED",
-                            {"rkd.stopped_at_epoch": trial.last_result.get(EPOCH_KEY)})
+        self._ended(trial, "KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, "FAILED")
+
+    def _ended(self, trial, status: str) -> None:
+        last = trial.last_result or {}
+        if last.get(DONE_KEY) == 1:
+            return
+        self.groups.watch(last)
+        if self.tracking.enabled:  # a run the trial ended itself (FAILED, FINISHED) stays as it is
+            end_tagged_runs(self.tracking, "rkd.trial_id", trial.trial_id, status,
+                            {"rkd.stopped_at_epoch": last.get(EPOCH_KEY)})
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.groups.release()
+
+    def on_experiment_end(self, trials, **info):
+        self.groups.drain()  # the trials stopped last: their workers die after the sweep's last step
 
 
 def _scheduler(space: LoadedSpace):
@@ -194,8 +215,12 @@ def _scheduler(space: LoadedSpace):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
+    # stop_last_trials=False: a trial that survives every rung runs to its own end (its final
+    # report carries the evaluation on the whole test set); ASHA's default would stop it at its
+    # last epoch report, before that evaluation
     return ASHAScheduler(time_attr=EPOCH_KEY, max_t=s.max_t or space.base.train.epochs,
-                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                         stop_last_trials=False)
 
 
 def _searcher(space: LoadedSpace):
@@ -239,7 +264,6 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
         tune.with_parameters(_trial, space_path=space_path, sweep=sweep, parent_run_id=parent_id, shared=shared,
                              cwd=os.getcwd()),
         trial_resources(base) if base.scaling.num_workers == 0 else {"CPU": COORDINATOR_CPU})
-    callbacks = [_MlflowStatus(base.tracking)] if base.tracking.enabled else []
     if resume:
         tuner = tune.Tuner.restore(str(root / sweep), trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -250,7 +274,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
                                         scheduler=_scheduler(space), search_alg=_searcher(space),
                                         max_concurrent_trials=max_concurrent(
                                             base, max_concurrent_trials or space.spec.max_concurrent_trials)),
-            run_config=tune.RunConfig(name=sweep, storage_path=str(root), callbacks=callbacks,
+            run_config=tune.RunConfig(name=sweep, storage_path=str(root), callbacks=[_TrialEnd(base.tracking)],
                                       failure_config=tune.FailureConfig(max_failures=max(0, base.scaling.max_failures))),
         )
     grid = tuner.fit()
