@@ -6,7 +6,9 @@
    ``max_concurrent_trials`` 1 so both do the same work serially), (c) as one sweep whose trials
    each launch a one-worker TorchTrainer (``scaling.num_workers: 1``: Train controller, worker
    group, checkpoints through Ray Train). Overhead per trial = (b - a) / K, (c - a) / K; the
-   local cluster's start is timed separately.
+   local cluster's start is timed separately. What a TorchTrainer costs by itself is timed with
+   an empty training function (one worker that only reports once): when its worker started
+   running, and when ``fit()`` returned.
 2. Memory of K concurrent readers of the one-time adversarial set: a float32 array of the size
    of the set (``--set-mb``) is put in the object store once; K actors (a) map it from the object
    store (what trials do) or (b) receive their own copy; each reports its unique memory (USS,
@@ -51,15 +53,34 @@ def overhead(k: int, epochs: int) -> dict:
         spaces[name].write_text(f"base: base.yaml\noverrides: {json.dumps(over + extra)}\nmetric: clean\n"
                                 f"scheduler: {{name: fifo}}\nsearcher: grid\nparams: {{train.lr: {{grid: {json.dumps(lrs)}}}}}\n")
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    from rkd.orchestration import connect
+
+    connect(num_cpus=os.cpu_count(), tracking_uri="sqlite:///" + str(tmp / "mlflow.db"))  # what `rkd tune` starts
     out = {"local": local, "start": time.perf_counter() - t0, "k": k}
     for name, space in spaces.items():
         t0 = time.perf_counter()
         summary = run_sweep(space, name=f"bench-{name}", max_concurrent_trials=1)
         out[name] = time.perf_counter() - t0
         assert all(t["metrics"].get("finished") == 1 for t in summary["trials"]), summary["trials"]
+    out["empty_fit"], out["empty_worker_up"] = empty_fit(tmp)
     ray.shutdown()
     return out
+
+
+def _note_start(config):
+    Path(config["mark"]).write_text(str(time.time() - config["t0"]))
+
+
+def empty_fit(tmp: Path) -> tuple[float, float]:
+    """A TorchTrainer (1 worker) whose function only notes when it started: (fit s, start s)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    mark = tmp / "empty_started"
+    t0 = time.time()
+    TorchTrainer(_note_start, train_loop_config={"t0": t0, "mark": str(mark)}, scaling_config=ScalingConfig(num_workers=1),
+                 run_config=RunConfig(name="empty", storage_path=str(tmp / "empty"))).fit()
+    return time.time() - t0, float(mark.read_text())
 
 
 def uss_bytes() -> int:
@@ -114,7 +135,8 @@ def main(argv=None):
     for key, label in (("tune", "Tune sweep"), ("tune_train", "Tune + TorchTrainer")):
         print(f"  {label:<20} {o[key]:8.1f} s   {o[key] / o['k']:6.1f} s/trial   {o[key] / o['local']:.2f}x"
               f"   (+{(o[key] - o['local']) / o['k']:.1f} s per trial)")
-    print(f"  (starting the local cluster: {o['start']:.1f} s more, once)")
+    print(f"  (starting the local cluster: {o['start']:.1f} s more, once; an empty TorchTrainer.fit() "
+          f"{o['empty_fit']:.1f} s, its worker running after {o['empty_worker_up']:.1f} s)")
     print(f"{args.readers} concurrent readers of a {args.set_mb} MB float32 set (one copy in the object store), "
           f"memory unique to the readers (sum of USS):")
     for k, v in m.items():

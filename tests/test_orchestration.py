@@ -222,7 +222,9 @@ def test_sweep_of_torch_trainers_gives_back_the_workers_of_a_stopped_trial(ray_c
             return self.STOP if stop else self.CONTINUE
 
     monkeypatch.setattr(sweep_mod, "_scheduler", lambda space: StopSecondTrialAtEpoch1())
-    _tiny_base(tmp_path / "base.yaml", tracking_uri, epochs=2,
+    # 6 epochs: the stop (decided on epoch 1's report, which reaches the driver a second or two
+    # later) lands well before the stopped trial could finish on its own
+    _tiny_base(tmp_path / "base.yaml", tracking_uri, epochs=6,
                extra="scaling: {num_workers: 2, resources_per_worker: {CPU: 1.5}}\n")
     (tmp_path / "space.yaml").write_text("base: base.yaml\nmetric: clean\nscheduler: {name: fifo}\nsearcher: grid\n"
                                          "params: {train.lr: {grid: [0.01, 0.02, 0.03]}}\n")

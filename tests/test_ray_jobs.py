@@ -103,4 +103,10 @@ def test_ray_job_submit_tune_job_with_mlflow_server(tmp_path):
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        # `ray start` recorded this cluster as the machine's current one and a stopped `--block`
+        # head leaves that record behind: later local clusters' state-API clients ("auto") would
+        # look for this dead one
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{gport}"):
+            current.unlink()
     assert head.poll() is not None and mlflow_srv.poll() is not None

@@ -72,6 +72,22 @@ def test_nested_runs_carry_parent_tag(tracking_uri):
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id
 
 
+def test_end_run_keeps_the_status_of_a_run_already_ended(tracking_uri):
+    from rkd.tracking import create_run, end_run, end_tagged_runs
+
+    cfg = load_config(None, [f"tracking.tracking_uri={tracking_uri}"])
+    stopped = create_run(cfg.tracking, "trial", tags={"rkd.trial_id": "t1"})
+    running = create_run(cfg.tracking, "other")
+    # the sweep driver records a trial the scheduler stopped; its process then fails as it dies
+    assert end_tagged_runs(cfg.tracking, "rkd.trial_id", "t1", "KILLED", {"rkd.stopped_at_epoch": 1}) == 1
+    end_run(cfg.tracking, stopped, "FAILED", "RayActorError: the controller died")
+    end_run(cfg.tracking, running, "FAILED", "ValueError: diverged")
+    client = MlflowClient(tracking_uri)
+    kept, failed = client.get_run(stopped), client.get_run(running)
+    assert kept.info.status == "KILLED" and "rkd.error" not in kept.data.tags
+    assert failed.info.status == "FAILED" and failed.data.tags["rkd.error"] == "ValueError: diverged"
+
+
 def test_log_results_logs_jsma_and_input_gradient_metrics(tracking_uri):
     cfg = load_config(None, [f"tracking.tracking_uri={tracking_uri}"])
     results = {"clean_accuracy": 0.9, "eval_wall_time_s": 1.0, "train_wall_time_s": None,

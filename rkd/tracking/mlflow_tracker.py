@@ -200,10 +200,14 @@ def create_run(tracking, run_name: str, *, tags: dict | None = None, parent_run_
 
 
 def end_run(tracking, run_id: str | None, status: str, error: str | None = None) -> None:
-    """Set a run's final status (FINISHED, FAILED, KILLED), e.g. for a trial a scheduler stopped."""
+    """End a run that is still RUNNING with ``status`` (FINISHED, FAILED, KILLED). A run already
+    ended keeps its status: a sweep trial the driver recorded KILLED (the scheduler stopped it)
+    whose process then sees its Train controller die is not turned FAILED."""
     if not tracking.enabled or run_id is None:
         return
     client = _client(resolve_tracking_uri(tracking.tracking_uri))
+    if client.get_run(run_id).info.status != "RUNNING":
+        return
     if error:
         client.set_tag(run_id, "rkd.error", error[:4000])
     client.set_terminated(run_id, status=status)
