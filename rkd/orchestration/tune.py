@@ -199,8 +199,8 @@ class _TrialEnd(tune.Callback):
             return
         self.groups.watch(last)
         if self.tracking.enabled:  # a run the trial ended itself (FAILED, FINISHED) stays as it is
-            end_tagged_runs(self.tracking, "rkd.trial_id", trial.trial_id, status,
-                            {"rkd.stopped_at_epoch": last.get(EPOCH_KEY)})
+            tag = "rkd.stopped_at_epoch" if status == "KILLED" else "rkd.failed_at_epoch"
+            end_tagged_runs(self.tracking, "rkd.trial_id", trial.trial_id, status, {tag: last.get(EPOCH_KEY)})
 
     def on_step_begin(self, iteration, trials, **info):
         self.groups.release()
