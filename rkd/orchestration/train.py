@@ -64,6 +64,16 @@ def results_metrics(results: dict | None) -> dict[str, float]:
     return out
 
 
+def final_report(cfg: ExperimentConfig, results: dict | None, objective=None) -> dict:
+    """A run's last report: finished, its planned epochs, every final accuracy, and with
+    ``objective`` (``(metric label, val_samples)``) the metric as ``objective`` on the whole
+    evaluation set."""
+    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **results_metrics(results)}
+    if objective and results:
+        final["objective"] = final.get(tune_metric_key(objective[0]), float("nan"))
+    return final
+
+
 class RayReportCallback(Callback):
     """Report every epoch to Ray Train; rank 0 attaches the trainer state as the checkpoint.
 
@@ -146,10 +156,8 @@ def train_func(config: dict[str, Any]) -> None:
             out = run_experiment(cfg, resume_from=Path(d) / CHECKPOINT_FILE, **kwargs)
     else:
         out = run_experiment(cfg, **kwargs)
-    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **results_metrics(out.results), **worker_group}
-    if config.get("objective") and rank == 0 and out.results:
-        final["objective"] = final.get(tune_metric_key(config["objective"][0]), float("nan"))
-    _report_final(final, rank, out.run_dir if rank == 0 else None)
+    final = final_report(cfg, out.results, config.get("objective") if rank == 0 else None)
+    _report_final({**final, **worker_group}, rank, out.run_dir if rank == 0 else None)
 
 
 def _report_final(final: dict, rank: int, run_dir: Path | None = None) -> None:

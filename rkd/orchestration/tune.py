@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,12 @@ from rkd.orchestration.train import (
     DONE_KEY,
     EPOCH_KEY,
     RayReportCallback,
+    final_report,
     objective_fn,
     absolute_paths,
     results_metrics,
     shared_tensor,
     storage_path,
-    tune_metric_key,
     trainer_for,
 )
 from rkd.orchestration.worker_groups import OrphanedWorkerGroups
@@ -171,10 +170,7 @@ def _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv_ref, objectiv
             out = run_experiment(cfg, resume_from=Path(d) / CHECKPOINT_FILE, **kwargs)
     else:
         out = run_experiment(cfg, **kwargs)
-    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **results_metrics(out.results)}
-    if out.results:
-        final["objective"] = final.get(tune_metric_key(objective[0]), math.nan)
-    tune.report(final)
+    tune.report(final_report(cfg, out.results, objective))
 
 
 class _TrialEnd(tune.Callback):
