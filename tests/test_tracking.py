@@ -86,6 +86,13 @@ def test_end_run_keeps_the_status_of_a_run_already_ended(tracking_uri):
     kept, failed = client.get_run(stopped), client.get_run(running)
     assert kept.info.status == "KILLED" and "rkd.error" not in kept.data.tags
     assert failed.info.status == "FAILED" and failed.data.tags["rkd.error"] == "ValueError: diverged"
+    # the trial's own process (rank 0's run context) fails as its controller dies: still KILLED
+    worker_side = create_run(cfg.tracking, "trial2", tags={"rkd.trial_id": "t2"})
+    with pytest.raises(RuntimeError):
+        with MlflowRun(cfg.tracking, run_name="trial2", run_id=worker_side):
+            end_tagged_runs(cfg.tracking, "rkd.trial_id", "t2", "KILLED")
+            raise RuntimeError("ActorDiedError: the controller died")
+    assert client.get_run(worker_side).info.status == "KILLED"
 
 
 def test_log_results_logs_jsma_and_input_gradient_metrics(tracking_uri):

@@ -87,10 +87,11 @@ class MlflowRun:
         if self.enabled and self.run_id:
             # stopped from outside (Ctrl-C, a Tune scheduler ending the trial): KILLED, not FAILED
             stopped = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
-            status = "KILLED" if stopped else ("FAILED" if exc_type is not None else "FINISHED")
-            if exc_type is not None:
-                self.client.set_tag(self.run_id, "rkd.error", f"{exc_type.__name__}: {exc}"[:4000])
-            self.client.set_terminated(self.run_id, status=status)
+            if exc_type is None:
+                self.client.set_terminated(self.run_id, status="FINISHED")
+            else:  # a run the sweep driver already ended (KILLED: its trial was stopped) stays so
+                _end_if_running(self.client, self.run_id, "KILLED" if stopped else "FAILED",
+                                f"{exc_type.__name__}: {exc}")
         return False
 
     # ---------------------------------------------------------------------- logging
@@ -205,7 +206,10 @@ def end_run(tracking, run_id: str | None, status: str, error: str | None = None)
     whose process then sees its Train controller die is not turned FAILED."""
     if not tracking.enabled or run_id is None:
         return
-    client = _client(resolve_tracking_uri(tracking.tracking_uri))
+    _end_if_running(_client(resolve_tracking_uri(tracking.tracking_uri)), run_id, status, error)
+
+
+def _end_if_running(client, run_id: str, status: str, error: str | None = None) -> None:
     if client.get_run(run_id).info.status != "RUNNING":
         return
     if error:
