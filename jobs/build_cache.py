@@ -23,7 +23,7 @@ def main() -> int:
     if cfg.method.name != "macd":
         raise SystemExit(f"{args.config}: method {cfg.method.name} has no one-time adversarial set (macd only)")
     device = resolve_device(cfg.device)
-    source, run = load_teacher(cfg.method.source, device, tracking=cfg.tracking)
+    source, run = load_teacher(cfg.method.source, device, tracking=cfg.tracking, output_dir=cfg.output_dir)
     train_set, _, _ = build_datasets(cfg.data)
     adv, key = macd_adversarial_set(cfg, train_set, source, device, return_key=True)
     print(f"source {run.run_dir}; {adv.shape[0]} examples in {cfg.method.cache_dir}/{key}")

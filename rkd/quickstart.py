@@ -26,9 +26,7 @@ from typing import Iterable
 from rkd.config import TrackingConfig, load_config
 from rkd.config.schema import TeacherConfig
 from rkd.evaluation import comparison_table, distillation_table, read_results
-from rkd.experiment import unique_dir
-from rkd.methods import TEACHER_METHODS
-from rkd.teachers import ensure_named_models, ensure_teacher
+from rkd.experiment import ensure_named_models, ensure_teacher, unique_dir
 from rkd.tracking import MlflowRun, resolve_tracking_uri
 
 #: (table label, preset) in table order; presets whose name contains "teacher" are teachers
@@ -48,7 +46,8 @@ QUICKSTART_METHODS: list[tuple[str, str]] = [
 ]
 #: rows of the defensive-distillation table (keys as in :func:`method_keys`)
 DISTILLATION_ROWS = ("standard", "dd_teacher", "defensive_distillation")
-#: rows of the MACD table, evaluated under both protocols (the transfer source is MACD's own)
+#: rows of the MACD table, evaluated under both protocols (the transfer source is the source
+#: model of the row whose method has one: MACD's)
 MACD_ROWS = ("standard", "adversarial", "trades", "macd")
 #: white-box columns shown next to the transfer protocol in the MACD table
 MACD_WHITE_BOX = [("FGSM 8/255", "white-box"), ("PGD-7 Linf 8/255", "white-box")]
@@ -74,6 +73,19 @@ def method_keys() -> list[str]:
 
 def _is_teacher(preset: str) -> bool:
     return "teacher" in _key(preset)
+
+
+def _with_shared_transfer(configs: list) -> list:
+    """The baselines of the MACD table get the transfer protocol of the row whose method has a
+    source model of its own (MACD's), against that same source."""
+    own = next((c for _, _, c in configs if not isinstance(c, TeacherConfig) and c.eval.transfer is not None
+                and c.method.transfer_source() is not None), None)
+    if own is None:
+        return configs
+    transfer = own.eval.transfer.model_copy(update={"source": own.method.transfer_source()})
+    return [(label, preset, c.model_copy(update={"eval": c.eval.model_copy(update={"transfer": transfer})})
+             if _key(preset) in MACD_ROWS and not isinstance(c, TeacherConfig) and c is not own else c)
+            for label, preset, c in configs]
 
 
 def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
@@ -111,22 +123,13 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
             continue
         mine = overrides_for(_key(preset)) + [f"output_dir={output_dir}"]
         cfg = load_config(preset, mine)
-        for role in ("teacher", "source"):  # the cached models a student names go through one cache
-            spec = getattr(cfg.method, role, None) if cfg.method.name in TEACHER_METHODS else None
-            if spec is not None and spec.config is not None:
+        for role, spec in cfg.method.trained_models().items():  # the models a student names: one cache
+            if spec.config is not None:
                 cached = teacher_spec(spec.config)
                 mine += [f"method.{role}.cache_dir={teacher_cache}",
                          f"method.{role}.overrides={json.dumps(cached.overrides)}"]
-        if cfg.method.name == "macd":
-            mine += [f"method.cache_dir={Path(output_dir) / 'adv_cache'}",
-                     f"eval.transfer.cache_dir={Path(output_dir) / 'adv_cache'}"]
         configs.append((label, preset, load_config(preset, mine)))
-    macd = next((c for _, _, c in configs if not isinstance(c, TeacherConfig) and c.method.name == "macd"), None)
-    if macd is not None:  # the baselines of the MACD table: the same transfer protocol, the same source
-        transfer = macd.eval.transfer.model_copy(update={"source": macd.method.source})
-        configs = [(label, preset, c.model_copy(update={"eval": c.eval.model_copy(update={"transfer": transfer})})
-                    if _key(preset) in MACD_ROWS and not isinstance(c, TeacherConfig) and c.method.name != "macd"
-                    else c) for label, preset, c in configs]
+    configs = _with_shared_transfer(configs)
     qdir = unique_dir(output_dir, "quickstart")
     first = configs[0][2]
     tracking: TrackingConfig = (load_config(first.config, first.overrides) if isinstance(first, TeacherConfig)
@@ -140,7 +143,8 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         for label, preset, cfg in configs:
             if isinstance(cfg, TeacherConfig):
                 print(f"== {label}: teacher {preset}", file=out, flush=True)
-                teachers[preset] = ensure_teacher(cfg, parent_run_id=parent.run_id, tracking=tracking)
+                teachers[preset] = ensure_teacher(cfg, parent_run_id=parent.run_id, tracking=tracking,
+                                                 output_dir=output_dir)
             else:
                 ensure_named_models(cfg, parent_run_id=parent.run_id, tracking=tracking)
         # 2. every other row: one Tune launch on the local Ray cluster

@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rkd.config import load_config
+from rkd.engine import Callback
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -40,17 +41,44 @@ def test_two_worker_trainer_matches_local_run(ray_cluster, tmp_path, tiny_overri
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.25)
     res_d = json.loads((tmp_path / "dist" / "results.json").read_text())
     assert abs(res_d["clean_accuracy"] - local.results["clean_accuracy"]) <= 0.2
-    assert remote["finished"] == 1 and remote["acc_clean"] == pytest.approx(res_d["clean_accuracy"])
+    assert remote["finished"] == 1 and remote["acc.clean"] == pytest.approx(res_d["clean_accuracy"])
     run = MlflowClient(tracking_uri).get_run(remote["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["rkd.ray_workers"] == "2"
     assert run.data.metrics["acc.white-box.FGSM_8_255"] == pytest.approx(res_d["attacks"][0]["accuracy"])
 
 
+class CrashOnce(Callback):
+    """Fault injection: the worker of ``rank`` exits the process during epoch ``epoch + 1``
+    (1-based ``epoch`` is the last one it completes), on the first attempt only (no Ray
+    checkpoint existed at its start). It first waits ``delay_s``: Ray's controller collects the
+    workers' reports (and registers their checkpoints) when it polls them, so a process that
+    dies within the same poll interval as its last report takes that report with it."""
+
+    def __init__(self, epoch: int, rank: int, delay_s: float = 3.0):
+        self.epoch, self.rank, self.delay_s = epoch, rank, delay_s
+
+    def on_fit_start(self, trainer):
+        import ray.train
+
+        self.armed = ray.train.get_checkpoint() is None
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if self.armed and trainer.rank == self.rank and epoch + 1 == self.epoch:
+            import os
+            import time
+
+            time.sleep(self.delay_s)
+            os._exit(17)
+
+
 def test_crashed_worker_restarts_from_its_checkpoint(ray_cluster, tmp_path, tiny_overrides, tracking_uri):
+    import ray.cloudpickle
+
     from rkd.orchestration.train import fit
 
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test file
     cfg = _cfg(tiny_overrides, "name=crashy", "scaling.num_workers=2", "scaling.max_failures=1")
-    out = fit(cfg, run_dir=tmp_path / "crashy", crash={"epoch": 2, "rank": 1})
+    out = fit(cfg, run_dir=tmp_path / "crashy", worker_callbacks=[CrashOnce(epoch=2, rank=1)])
     hist = json.loads((tmp_path / "crashy" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2, 3]  # the planned epochs, once each in the history
     assert out["finished"] == 1 and out["epoch"] == 3
@@ -104,7 +132,7 @@ def test_sweep_nested_runs_and_one_adversarial_set_for_all_trials(ray_cluster, t
     assert len(trials) == 3
     for r in trials:
         assert r.info.status == "FINISHED", r.data.tags.get("rkd.error")
-        assert r.data.tags["rkd.adversarial_set"] == "object_store"
+        assert r.data.tags["rkd.shared_data"] == "object_store"
         assert "acc.white-box.FGSM_8_255" in r.data.metrics
     ratios = sorted(json.loads(r.data.tags["rkd.sample"])["method.student_mask_ratio"] for r in trials)
     assert ratios == [0.5, 0.6, 0.7]

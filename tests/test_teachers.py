@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import rkd.experiment
-import rkd.teachers
+import rkd.experiment.model_cache
+import rkd.experiment.pipeline
 from rkd.config import load_config
 from rkd.config.schema import TeacherConfig
 from rkd.engine import verified_torch_load
@@ -133,12 +133,13 @@ def test_interrupted_teacher_is_resumed_not_restarted(tiny_overrides, tmp_path, 
     (run_dir / "model.pt").unlink()
     (run_dir / "run.json").write_text(json.dumps({"status": "RUNNING"}))
     calls = []
-    real = rkd.experiment.run_experiment
-    monkeypatch.setattr(rkd.experiment, "run_experiment", lambda cfg, **kw: calls.append(kw) or real(cfg, **kw))
+    real = rkd.experiment.pipeline.run_experiment
+    monkeypatch.setattr(rkd.experiment.pipeline, "run_experiment",
+                        lambda cfg, place=None, **kw: calls.append(place) or real(cfg, place, **kw))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # in particular: no "moved aside" warning
         run = ensure_teacher(spec)
-    assert run.trained_now and calls and calls[0]["resume"] is True and calls[0]["run_dir"] == run_dir
+    assert run.trained_now and calls and calls[0].resume is True and calls[0].run_dir == run_dir
     assert not list(run_dir.parent.glob("*.stale-*"))
     assert json.loads((run_dir / "run.json").read_text())["status"] == "FINISHED"
     verified_torch_load(run_dir / "model.pt")
@@ -149,7 +150,7 @@ def test_two_move_asides_in_one_second_do_not_collide(tiny_overrides, tmp_path, 
     failures) must both be kept and the teacher trained again, not crash on the name."""
     fixed = real_datetime.datetime(2024, 1, 1, 12, 0, 0)
     fake_dt = types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda *a, **k: fixed))
-    monkeypatch.setattr(rkd.teachers, "_dt", fake_dt)  # a frozen clock: both moves in "one second"
+    monkeypatch.setattr(rkd.experiment.model_cache, "_dt", fake_dt)  # a frozen clock: both moves in "one second"
     spec = _spec(tiny_overrides, tmp_path)
     run_dir = cached_teacher_dir(spec)
     for _ in range(2):

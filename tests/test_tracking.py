@@ -35,7 +35,7 @@ def test_run_records_params_metrics_artifacts(tmp_path, tiny_overrides, tracking
     assert run.data.tags["rkd.method"] == "standard" and run.data.tags["team"] == "x"
     hist = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in hist] == [1, 2]
-    assert run.data.metrics["clean_acc"] == pytest.approx(out.results["clean_accuracy"])
+    assert run.data.metrics["acc.clean"] == pytest.approx(out.results["clean_accuracy"])
     assert run.data.metrics["acc.white-box.FGSM_8_255"] == pytest.approx(out.results["attacks"][0]["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "results.json", "results.md"} <= artifacts

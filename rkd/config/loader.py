@@ -19,8 +19,9 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
+from rkd.config.checks import check_config, model_section_problem
 from rkd.config.errors import ConfigError
-from rkd.config.schema import METHOD_NAMES, ExperimentConfig
+from rkd.config.schema import ExperimentConfig
 
 PRESET_PREFIX = "preset:"
 
@@ -148,20 +149,23 @@ def apply_overrides(data: dict, overrides: Iterable[str], defaults: dict | None 
 
 
 def _format_loc(loc: tuple) -> str:
-    # pydantic puts the discriminator value into the path of union members: drop it.
-    parts = []
-    for i, p in enumerate(loc):
-        if i > 0 and loc[i - 1] == "method" and isinstance(p, str) and p in METHOD_NAMES:
-            continue
-        parts.append(str(p))
-    return ".".join(parts)
+    return ".".join(str(p) for p in loc)
 
 
 def validate(data: dict, source: str) -> ExperimentConfig:
-    """Validate a raw mapping; raise ConfigError listing every problem with its key path."""
+    """Validate a raw mapping, then run the checks that look beyond it
+    (:func:`rkd.config.checks.check_config`); raise ConfigError listing every problem with its
+    key path."""
+    cfg = _validate_values(data, source)
+    check_config(cfg, source, load_config)
+    return cfg
+
+
+def _validate_values(data: dict, source: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
+        arch = model_section_problem(data)
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
@@ -170,7 +174,7 @@ def validate(data: dict, source: str) -> ExperimentConfig:
             elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
                 msg = f"{msg} (got {err['input']!r})"
             problems.append((_format_loc(err["loc"]), msg))
-        raise ConfigError(source, problems) from None
+        raise ConfigError(source, problems + ([arch] if arch else [])) from None
 
 
 def load_config(source: str | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:

@@ -16,10 +16,12 @@ Top level::
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rkd.config.identity import LOADER, RUN, NotInKey
+from rkd.config.methods import MethodConfig, default_method, method_config_class
 from rkd.config.numbers import Number, format_eps
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn", "imagenet32")
@@ -35,12 +37,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
+def check_linf_eps(norm: str, eps: float) -> None:
+    if norm == "linf" and eps > 1:
+        raise ValueError(f"Linf eps {eps} is larger than the [0,1] pixel range; write e.g. 8/255")
+
+
 # --------------------------------------------------------------------------------------- data
 class DataConfig(Strict):
     dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
     root: str = "./data"
-    download: bool = False
-    verify: bool = Field(True, description="check torchvision's md5 of CIFAR/SVHN files (off: existence only)")
+    download: Annotated[bool, NotInKey(RUN)] = False
+    verify: Annotated[bool, NotInKey(RUN)] = Field(
+        True, description="check torchvision's md5 of CIFAR/SVHN files (off: existence only)")
     half: Optional[Literal["first", "second"]] = Field(
         None, description="keep one deterministic stratified half of the TRAIN set (the papers' +/-)"
     )
@@ -49,11 +57,11 @@ class DataConfig(Strict):
     )
     limit_train: Optional[Annotated[int, Field(gt=0)]] = None
     limit_test: Optional[Annotated[int, Field(gt=0)]] = None
-    augment: bool = True
-    flip: bool = True
-    batch_size: Annotated[int, Field(gt=0)] = 128
+    augment: Annotated[bool, NotInKey(LOADER)] = True
+    flip: Annotated[bool, NotInKey(LOADER)] = True
+    batch_size: Annotated[int, Field(gt=0), NotInKey(LOADER)] = 128
     eval_batch_size: Annotated[int, Field(gt=0)] = 256
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Annotated[int, Field(ge=0), NotInKey(LOADER)] = 0
     split_seed: int = 0
 
     @model_validator(mode="after")
@@ -66,7 +74,7 @@ class DataConfig(Strict):
 # -------------------------------------------------------------------------------------- model
 class ModelConfig(Strict):
     """Architecture and size knobs; only the knobs an architecture takes may be set (checked
-    at validation by building the model on the meta device, which allocates no weights)."""
+    by :func:`rkd.config.checks.check_config`, which builds the model on the meta device)."""
 
     arch: str = "resnet18"
     width: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="base channels (ResNet 64, WRN 16)")
@@ -95,26 +103,6 @@ class ModelConfig(Strict):
     softmax_dim: Optional[Literal["channel", "token"]] = Field(None, description="MACD feature module softmax axis")
     cls_separate: Optional[bool] = None
     pool: Optional[Literal["cls", "mean"]] = Field(None, description="MAE teacher: [CLS] token or mean of tokens")
-
-    @model_validator(mode="after")
-    def _known_arch_and_knobs(self):
-        # The model registry is the one place that knows the architectures; it is imported
-        # lazily so that loading the config layer stays light (no torch until validation).
-        import re
-
-        from rkd.models import list_models
-
-        if self.arch not in list_models():
-            raise ValueError(f"unknown arch {self.arch!r}; valid: {', '.join(sorted(list_models()))}")
-        try:
-            self.meta_model()
-        except TypeError as exc:
-            m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-            key = f"model.{m.group(1)}" if m else "model"
-            raise ValueError(f"{self.arch} does not take {key} ({exc})") from None
-        except ValueError as exc:
-            raise ValueError(f"{self.arch}: {exc}") from None
-        return self
 
     def kwargs(self) -> dict:
         """Keyword arguments for :func:`rkd.models.create_model` (only the ones that are set;
@@ -172,8 +160,7 @@ class AttackConfig(Strict):
                         if getattr(self, k) != type(self).model_fields[k].default)
         if unused:
             raise ValueError(f"{', '.join(unused)} do(es) not apply to a {self.kind} attack")
-        if self.norm == "linf" and self.eps > 1:
-            raise ValueError(f"Linf eps {self.eps} is larger than the [0,1] pixel range; write e.g. 8/255")
+        check_linf_eps(self.norm, self.eps)
         if self.kind in ("fgsm", "mifgsm", "jitter") and self.norm != "linf":
             raise ValueError(f"{self.kind} is an Linf attack; set norm: linf")
         return self
@@ -227,8 +214,7 @@ class TrainAttackConfig(Strict):
 
     @model_validator(mode="after")
     def _range(self):
-        if self.norm == "linf" and self.eps > 1:
-            raise ValueError(f"Linf eps {self.eps} is larger than the [0,1] pixel range; write e.g. 8/255")
+        check_linf_eps(self.norm, self.eps)
         return self
 
 
@@ -245,30 +231,7 @@ class TradesAttackConfig(TrainAttackConfig):
         return self
 
 
-# ------------------------------------------------------------------------------------ methods
-class StandardMethod(Strict):
-    """Cross-entropy on clean data, optionally at a temperature: CE(softmax(z / T), y). A model
-    trained at T > 1 is a defensive-distillation teacher; it is always tested at T = 1."""
-
-    name: Literal["standard"] = "standard"
-    temperature: Annotated[Number, Field(gt=0)] = 1.0
-
-
-class AdversarialMethod(Strict):
-    """Madry et al. PGD adversarial training: CE on the PGD examples."""
-
-    name: Literal["adversarial"]
-    attack: TrainAttackConfig = Field(default_factory=TrainAttackConfig)
-
-
-class TradesMethod(Strict):
-    """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(f(x_adv) || f(x))."""
-
-    name: Literal["trades"]
-    beta: Annotated[Number, Field(ge=0)] = 6.0
-    attack: TradesAttackConfig = Field(default_factory=TradesAttackConfig)
-
-
+# ---------------------------------------------------------------------------- trained models
 class TeacherConfig(Strict):
     """Where a distillation method's teacher comes from: exactly one of
 
@@ -285,7 +248,9 @@ class TeacherConfig(Strict):
     run_dir: Optional[str] = None
     config: Optional[str] = None
     overrides: list[str] = Field(default_factory=list)
-    cache_dir: str = Field("runs/teachers", description="where teachers given by 'config' are trained and kept")
+    cache_dir: Annotated[Optional[str], NotInKey(RUN)] = Field(
+        None, description="where teachers given by 'config' are trained and kept; default "
+        "<output_dir>/teachers of the run that needs it")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -293,100 +258,10 @@ class TeacherConfig(Strict):
             raise ValueError("give exactly one of teacher.run_dir (a finished run) or teacher.config (trained once, cached)")
         if self.overrides and self.config is None:
             raise ValueError("teacher.overrides apply to teacher.config only")
-        if self.config is not None:
-            # validate the teacher's config now, so that a bad one fails before any work starts
-            from rkd.config.errors import ConfigError
-            from rkd.config.loader import load_config
+        return self  # the teacher's own config is loaded and checked by rkd.config.checks
 
-            try:
-                load_config(self.config, self.overrides)
-            except (ConfigError, OSError) as exc:
-                raise ValueError(f"teacher config: {exc}") from None
-        return self
-
-
-STAGE = Annotated[int, Field(ge=1)]
-
-
-class _DistillationMethod(Strict):
-    """Common to the methods that learn from a frozen teacher."""
-
-    teacher: TeacherConfig
-    init: Literal["teacher", "scratch"] = Field(
-        "teacher", description="student starts from the teacher's weights with a new head, or from scratch"
-    )
-
-
-class RobustKDMethod(_DistillationMethod):
-    """Robust-KD (Zhang & Yi 2021), eq. 21: CE + beta * L_fm + gamma * L_J on clean data."""
-
-    name: Literal["robust_kd"]
-    beta: Annotated[Number, Field(ge=0)] = 50.0
-    gamma: Annotated[Number, Field(ge=0)] = 5e3
-    stages: list[STAGE] = Field(default_factory=lambda: [1, 2, 3, 4], description="stages of L_fm (1-based)")
-    jacobian_stages: Optional[list[STAGE]] = Field(None, description="stages of L_J; None = the same as 'stages'")
-    feature_distance: Literal["cosine", "l2", "mse"] = "cosine"
-    n_proj: Annotated[int, Field(ge=1)] = 1
-    jacobian_estimator: Literal["per_stage", "joint"] = Field(
-        "joint", description="joint: one product for all stages (unbiased estimate of the per-stage loss, "
-        "the cost of one stage); per_stage: Algorithm 1 as printed, one product per stage"
-    )
-    projections: Literal["mean", "sum"] = Field("mean", description="reduction over the n_proj draws")
-
-    @model_validator(mode="after")
-    def _stages(self):
-        for key in ("stages", "jacobian_stages"):
-            st = getattr(self, key)
-            if st is not None and (not st or len(set(st)) != len(st)):
-                raise ValueError(f"method.{key} must list distinct stage numbers (1-based), got {st}")
-        return self
-
-    @property
-    def constrained_jacobian_stages(self) -> list[int]:
-        return list(self.jacobian_stages if self.jacobian_stages is not None else self.stages)
-
-
-class ShafahiMethod(_DistillationMethod):
-    """Shafahi et al. (2019): CE + lam * ||GAP(f_last^S) - GAP(f_last^T)||^2 on clean data."""
-
-    name: Literal["shafahi"]
-    lam: Annotated[Number, Field(ge=0)] = 1.0
-
-
-class DefensiveDistillationMethod(_DistillationMethod):
-    """Papernot et al. (2016): a student trained at temperature T on the soft labels of a
-    teacher trained at the same T; tested at T = 1."""
-
-    name: Literal["defensive_distillation"]
-    temperature: Annotated[Number, Field(gt=0)] = 20.0
-    init: Literal["teacher", "scratch"] = "scratch"
-
-
-class MaeMethod(Strict):
-    """MACD stage 1 (Zhang & Dong 2024, Algorithm 1): train the MAE teacher (``model.arch``
-    ``mae_vit_*``) on the training images (labels unused).
-
-    ``stage: reconstruction`` is the plain MAE (masked-patch MSE; the paper: 100 epochs);
-    ``stage: feature`` trains with the feature-learning module on
-    ``L_mae = MSE(F_o, F_e) + MSE(I_m, P_m)`` (the paper: 20 epochs), starting from the weights
-    of a reconstruction run given in ``start_from`` (a finished run directory, or a config
-    trained once and cached, like a teacher). The saved ``model.pt`` is the whole teacher
-    (encoder, decoder, feature module)."""
-
-    name: Literal["mae"]
-    stage: Literal["reconstruction", "feature"] = "reconstruction"
-    mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(
-        0.75, description="fraction of patches hidden from the encoder (paper: 0.75 in the training details, "
-        "0.85 in its Table 5)")
-    start_from: Optional[TeacherConfig] = Field(None, description="the reconstruction run stage 'feature' starts from")
-
-    @model_validator(mode="after")
-    def _start(self):
-        if self.stage == "feature" and self.start_from is None:
-            raise ValueError("method.stage 'feature' starts from a stage-'reconstruction' run: set method.start_from")
-        if self.stage == "reconstruction" and self.start_from is not None:
-            raise ValueError("method.start_from applies to stage 'feature' only")
-        return self
+    def resolved_cache_dir(self, output_dir: str) -> str:
+        return self.cache_dir if self.cache_dir is not None else f"{output_dir}/teachers"
 
 
 class OneTimeAttackConfig(Strict):
@@ -401,8 +276,7 @@ class OneTimeAttackConfig(Strict):
 
     @model_validator(mode="after")
     def _range(self):
-        if self.norm == "linf" and self.eps > 1:
-            raise ValueError(f"Linf eps {self.eps} is larger than the [0,1] pixel range; write e.g. 8/255")
+        check_linf_eps(self.norm, self.eps)
         return self
 
     def attack_params(self) -> dict:
@@ -410,59 +284,6 @@ class OneTimeAttackConfig(Strict):
                 "random_start": self.random_start}
 
 
-class MacdMethod(_DistillationMethod):
-    """MACD stage 3 (Zhang & Dong 2024, Algorithm 2): contrastive distillation from a frozen MAE
-    teacher into a CNN student.
-
-    Each step: the teacher sees the one-time adversarial example of each image (made once by
-    PGD against ``source``), MAE-masked at ``teacher_mask_ratio`` with the teacher's own patch
-    size (visible patches only); the student sees the clean image with ``student_mask_ratio``
-    of its ``student_patch`` squares zeroed. ``L = CE(head(S), y) + weight * (KL + normalised
-    L2)(S, P(T))`` with ``S`` the student's pooled backbone features and ``P`` a projection of
-    the teacher's features to the student's width.
-
-    Ablations (the paper's Tables 7-9): ``adversarial: false`` (the teacher sees the clean
-    image), ``masking: false`` (no masking on either side), ``distill: self`` (contrastive
-    learning only: the target is the student's own features of the adversarial image, no MAE).
-    """
-
-    name: Literal["macd"]
-    teacher: Optional[TeacherConfig] = Field(None, description="the MAE teacher (a method 'mae' stage 'feature' run)")
-    source: TeacherConfig = Field(description="the standard model attacked once (and the transfer protocol's source)")
-    init: Literal["source", "scratch"] = Field(
-        "source", description="student starts from the source model's weights (the paper's 10 distillation "
-        "epochs assume a trained network) or from scratch")
-    attack: OneTimeAttackConfig = Field(default_factory=OneTimeAttackConfig)
-    cache_dir: str = Field("runs/adv_cache", description="the on-disk adversarial cache")
-    teacher_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(0.75, description="ratio1 (patch1 = the MAE's patch size)")
-    student_patch: Annotated[int, Field(ge=1)] = Field(
-        8, description="patch2, in pixels of the student's input (model.input_size when set, else the data's)")
-    student_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(0.7, description="ratio2")
-    adversarial: bool = Field(True, description="false: the teacher sees clean images (Table 7)")
-    masking: bool = Field(True, description="false: neither side is masked (Table 8)")
-    distill: Literal["mae", "self"] = Field("mae", description="self: contrastive only, no MAE teacher (Table 9)")
-    projection: Literal["fixed", "learned"] = Field(
-        "fixed", description="matching widths: fixed = the teacher's features through a fixed random Gaussian "
-        "map to the student's width; learned = the student's features through a trained linear layer to the "
-        "teacher's width (the target is never trained either way)")
-    tau: Annotated[Number, Field(gt=0)] = Field(1.0, description="softmax temperature of the KL term")
-    weight: Annotated[Number, Field(ge=0)] = Field(1.0, description="weight of L_robust against CE")
-
-    @model_validator(mode="after")
-    def _teacher_needed(self):
-        if (self.teacher is None) != (self.distill == "self"):
-            raise ValueError("method.teacher (an MAE run) is required with distill 'mae' and unused with 'self'")
-        if not self.adversarial and self.distill == "self":
-            raise ValueError("distill 'self' contrasts the clean and adversarial views: it needs adversarial: true")
-        return self
-
-
-MethodConfig = Annotated[
-    Union[StandardMethod, AdversarialMethod, TradesMethod, RobustKDMethod, ShafahiMethod,
-          DefensiveDistillationMethod, MaeMethod, MacdMethod],
-    Field(discriminator="name"),
-]
-METHOD_NAMES = ("standard", "adversarial", "trades", "robust_kd", "shafahi", "defensive_distillation", "mae", "macd")
 
 
 # -------------------------------------------------------------------------------------- train
@@ -481,10 +302,12 @@ class TrainConfig(Strict):
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     amp: bool = False
     grad_clip: Optional[Annotated[Number, Field(gt=0)]] = None
-    checkpoint_every: Annotated[int, Field(gt=0)] = 1
-    keep_checkpoints: Annotated[int, Field(gt=0)] = 2
-    eval_every: Annotated[int, Field(ge=0)] = Field(1, description="clean test accuracy every N epochs; 0 = never")
-    progress: Literal["auto", "bar", "log", "none"] = "auto"
+    checkpoint_every: Annotated[int, Field(gt=0), NotInKey(RUN)] = 1
+    keep_checkpoints: Annotated[int, Field(gt=0), NotInKey(RUN)] = Field(
+        2, description="newest trainer checkpoints kept (on disk and by Ray Train)")
+    eval_every: Annotated[int, Field(ge=0), NotInKey(RUN)] = Field(
+        1, description="per-epoch validation every N epochs; 0 = never")
+    progress: Annotated[Literal["auto", "bar", "log", "none"], NotInKey(RUN)] = "auto"
 
     @model_validator(mode="after")
     def _schedule(self):
@@ -571,9 +394,10 @@ class TransferEvalConfig(Strict):
     examples are cached on disk (content-addressed) so that every model evaluated against the
     same source sees the same examples."""
 
-    source: Optional[TeacherConfig] = Field(None, description="default: method.source of a macd run")
+    source: Optional[TeacherConfig] = Field(
+        None, description="default: the method's own source model (MACD's method.source), if it has one")
     attacks: list[AttackConfig] = Field(default_factory=_macd_transfer_grid)
-    cache_dir: str = "runs/adv_cache"
+    cache_dir: Optional[str] = Field(None, description="the on-disk adversarial cache; default <output_dir>/adv_cache")
 
     @model_validator(mode="after")
     def _valid(self):
@@ -637,52 +461,58 @@ class ScalingConfig(Strict):
 
 # --------------------------------------------------------------------------------- experiment
 class ExperimentConfig(Strict):
+    """One run. Fields marked ``NotInKey(RUN)`` say where and how it runs, not what it trains
+    (see :mod:`rkd.config.identity`). ``method`` is validated by the config class registered
+    for its ``name`` (:mod:`rkd.config.methods`)."""
+
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "experiment"
     seed: int = 0
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
-    output_dir: str = "runs"
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$"), NotInKey(RUN)] = "auto"
+    output_dir: Annotated[str, NotInKey(RUN)] = Field(
+        "runs", description="run directories; also the default root of the teacher and adversarial caches")
     data: DataConfig = DataConfig()
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = StandardMethod()
+    method: Any = Field(default_factory=default_method)
     train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    eval: Annotated[EvalConfig, NotInKey(RUN)] = EvalConfig()
+    tracking: Annotated[TrackingConfig, NotInKey(RUN)] = TrackingConfig()
+    scaling: Annotated[ScalingConfig, NotInKey(RUN)] = Field(default_factory=ScalingConfig)
+
+    @field_validator("method", mode="wrap")
+    @classmethod
+    def _method_by_name(cls, value, handler):
+        if isinstance(value, MethodConfig):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"method must be a mapping with a 'name', got {type(value).__name__}")
+        name = value.get("name", default_method().name)
+        if not isinstance(name, str):
+            raise ValueError(f"method.name must be a string, got {name!r}")
+        return method_config_class(name).model_validate(value)
 
     @model_validator(mode="after")
-    def _mae_and_macd(self):
+    def _method_fits(self):
         m = self.method
-        is_mae_arch = self.model.arch.startswith("mae_")
-        if m.name == "mae":
-            if not is_mae_arch:
-                raise ValueError(f"method mae trains an MAE teacher: set model.arch to an mae_vit_* model, not {self.model.arch}")
-            if self.eval.enabled:
-                raise ValueError("method mae trains a feature extractor without a classifier: set eval.enabled: false")
-        elif is_mae_arch:
-            raise ValueError(f"{self.model.arch} has no classifier; it is trained by method mae only")
-        if self.eval.transfer is not None and self.eval.transfer.source is None and m.name != "macd":
-            raise ValueError("eval.transfer.source is required (only a macd run defaults to its method.source)")
-        if m.name == "macd":
-            from rkd.data import dataset_info
-
-            side = self.model.input_size or dataset_info(self.data.dataset).image_shape[-1]
-            if side % m.student_patch:
-                raise ValueError(f"method.student_patch {m.student_patch} must divide the image side {side} "
-                                 "(the model's input_size when set: the student is masked at that size)")
-            if m.teacher is not None and m.teacher.config is not None:
-                from rkd.config.loader import load_config
-
-                t = load_config(m.teacher.config, m.teacher.overrides)
-                if t.method.name != "mae":
-                    raise ValueError(f"method.teacher must be an MAE run (method mae), got method {t.method.name}")
+        if m.CLASSIFIER and self.model.arch.startswith("mae_"):
+            raise ValueError(f"{self.model.arch} has no classifier; it is trained by a method without one (mae)")
+        if self.eval.transfer is not None and self.eval.transfer.source is None and m.transfer_source() is None:
+            raise ValueError(f"eval.transfer.source is required (method {m.name} has no source model of its own)")
+        m.check(self)
         return self
 
-    @model_validator(mode="after")
-    def _stages_exist(self):
-        if self.method.name == "robust_kd":
-            n = self.model.meta_model().num_stages
-            for key in ("stages", "jacobian_stages"):
-                st = getattr(self.method, key) or []
-                if any(i > n for i in st):
-                    raise ValueError(f"method.{key} {st}: {self.model.arch} has stages 1..{n}")
-        return self
+    def trained_models(self) -> dict[str, TeacherConfig]:
+        """``{key path: spec}`` of every trained model a run of this config loads: the
+        method's own (``method.teacher``, ...) and the transfer protocol's source."""
+        out = {f"method.{role}": spec for role, spec in self.method.trained_models().items()}
+        source = self.transfer_source()
+        if source is not None and source not in out.values():
+            out["eval.transfer.source"] = source
+        return out
+
+    def transfer_source(self) -> TeacherConfig | None:
+        if self.eval.transfer is None:
+            return None
+        return self.eval.transfer.source or self.method.transfer_source()
+
+    def adv_cache_dir(self, cache_dir: str | None) -> str:
+        return cache_dir if cache_dir is not None else f"{self.output_dir}/adv_cache"

@@ -8,11 +8,23 @@ the Robust-KD teachers use L2 0.5). The model mode during the attack is ``attack
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn.functional as F
+from pydantic import Field
 
 from rkd.attacks import pgd
+from rkd.config.methods import MethodConfig
 from rkd.config.schema import TrainAttackConfig
 from rkd.methods.base import Method, StepOutput, attack_mode
+from rkd.methods.registry import MethodSpec, register_method
+
+
+class AdversarialMethod(MethodConfig):
+    """Madry et al. PGD adversarial training: CE on the PGD examples."""
+
+    name: Literal["adversarial"]
+    attack: TrainAttackConfig = Field(default_factory=TrainAttackConfig)
 
 
 class AdversarialTraining(Method):
@@ -30,3 +42,7 @@ class AdversarialTraining(Method):
         logits = self.model(x_adv)
         ce = F.cross_entropy(logits, y)
         return StepOutput(loss=ce, terms={"ce_adv": ce}, logits=logits)
+
+
+register_method(MethodSpec(config=AdversarialMethod,
+                           build=lambda cfg, model, models, seed: AdversarialTraining(model, cfg.attack)))

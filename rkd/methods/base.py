@@ -15,6 +15,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from rkd.models.modes import model_mode
+
 
 @dataclass
 class StepOutput:
@@ -88,10 +90,5 @@ def attack_mode(model: nn.Module, training: bool):
     mode, restored on exit, and autocast disabled. Under fp16 autocast the input gradients of a
     PGD step can underflow to zero (sign(0) = 0 = no step) and silently weaken the attack, so
     attacks always run in full precision; the update's forward pass keeps AMP."""
-    saved = model.training
-    model.train(training)
-    try:
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-            yield model
-    finally:
-        model.train(saved)
+    with model_mode(model, training), torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        yield model

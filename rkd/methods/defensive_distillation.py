@@ -12,11 +12,34 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from rkd.config.numbers import Number
 from rkd.losses import soft_cross_entropy
 from rkd.methods.base import Method, StepOutput
+from rkd.methods.registry import MethodSpec, register_method
+from rkd.methods.teacher import DistillationConfig, frozen_teacher
+
+
+class DefensiveDistillationMethod(DistillationConfig):
+    """Papernot et al. (2016): a student trained at temperature T on the soft labels of a
+    teacher trained at the same T; tested at T = 1."""
+
+    name: Literal["defensive_distillation"]
+    temperature: Annotated[Number, Field(gt=0)] = 20.0
+    init: Literal["teacher", "scratch"] = "scratch"
+
+    def check_models(self, cfg, models) -> None:
+        teacher = models.get("teacher")
+        t_teacher = getattr(teacher.method, "temperature", 1.0) if teacher is not None else self.temperature
+        if t_teacher != self.temperature:
+            warnings.warn(f"defensive distillation at T={self.temperature:g} from a teacher trained at "
+                          f"T={t_teacher:g}; Papernot et al. use the same T for both", stacklevel=2)
 
 
 class DefensiveDistillation(Method):
@@ -34,3 +57,9 @@ class DefensiveDistillation(Method):
             teacher_logits = self.teacher(x)
         loss = soft_cross_entropy(logits, teacher_logits, self.temperature)
         return StepOutput(loss=loss, terms={"soft_ce": loss}, logits=logits.detach())
+
+
+register_method(MethodSpec(
+    config=DefensiveDistillationMethod,
+    build=lambda cfg, model, models, seed: DefensiveDistillation(model, frozen_teacher(cfg, model, models),
+                                                                 temperature=cfg.temperature)))

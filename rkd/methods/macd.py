@@ -23,15 +23,91 @@ replaces the teacher by the student's own detached features of the adversarial i
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Annotated, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
+from rkd.config.identity import LOADER, RUN, NotInKey, identity
+from rkd.config.numbers import Number
+from rkd.config.schema import OneTimeAttackConfig, TeacherConfig
 from rkd.data.masking import random_patch_mask
 from rkd.losses import macd_robust_loss
-from rkd.methods.base import Method, StepOutput
+from rkd.methods.base import Method, StepOutput, freeze
+from rkd.methods.registry import MethodSpec, SharedTrainingData, register_method, require
+from rkd.methods.teacher import DistillationConfig
+
+
+class MacdMethod(DistillationConfig):
+    """MACD stage 3 (Zhang & Dong 2024, Algorithm 2): contrastive distillation from a frozen MAE
+    teacher into a CNN student.
+
+    Each step: the teacher sees the one-time adversarial example of each image (made once by
+    PGD against ``source``), MAE-masked at ``teacher_mask_ratio`` with the teacher's own patch
+    size (visible patches only); the student sees the clean image with ``student_mask_ratio``
+    of its ``student_patch`` squares zeroed. ``L = CE(head(S), y) + weight * (KL + normalised
+    L2)(S, P(T))`` with ``S`` the student's pooled backbone features and ``P`` a projection of
+    the teacher's features to the student's width.
+
+    Ablations (the paper's Tables 7-9): ``adversarial: false`` (the teacher sees the clean
+    image), ``masking: false`` (no masking on either side), ``distill: self`` (contrastive
+    learning only: the target is the student's own features of the adversarial image, no MAE).
+    """
+
+    TRAINED_MODELS: ClassVar[tuple[str, ...]] = ("teacher", "source")
+    name: Literal["macd"]
+    teacher: Optional[TeacherConfig] = Field(None, description="the MAE teacher (a method 'mae' stage 'feature' run)")
+    source: TeacherConfig = Field(description="the standard model attacked once (and the transfer protocol's source)")
+    init: Literal["source", "scratch"] = Field(
+        "source", description="student starts from the source model's weights (the paper's 10 distillation "
+        "epochs assume a trained network) or from scratch")
+    attack: OneTimeAttackConfig = Field(default_factory=OneTimeAttackConfig)
+    cache_dir: Annotated[Optional[str], NotInKey(RUN)] = Field(
+        None, description="the on-disk adversarial cache; default <output_dir>/adv_cache")
+    teacher_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(0.75, description="ratio1 (patch1 = the MAE's patch size)")
+    student_patch: Annotated[int, Field(ge=1)] = Field(
+        8, description="patch2, in pixels of the student's input (model.input_size when set, else the data's)")
+    student_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(0.7, description="ratio2")
+    adversarial: bool = Field(True, description="false: the teacher sees clean images (Table 7)")
+    masking: bool = Field(True, description="false: neither side is masked (Table 8)")
+    distill: Literal["mae", "self"] = Field("mae", description="self: contrastive only, no MAE teacher (Table 9)")
+    projection: Literal["fixed", "learned"] = Field(
+        "fixed", description="matching widths: fixed = the teacher's features through a fixed random Gaussian "
+        "map to the student's width; learned = the student's features through a trained linear layer to the "
+        "teacher's width (the target is never trained either way)")
+    tau: Annotated[Number, Field(gt=0)] = Field(1.0, description="softmax temperature of the KL term")
+    weight: Annotated[Number, Field(ge=0)] = Field(1.0, description="weight of L_robust against CE")
+
+    @model_validator(mode="after")
+    def _teacher_needed(self):
+        if (self.teacher is None) != (self.distill == "self"):
+            raise ValueError("method.teacher (an MAE run) is required with distill 'mae' and unused with 'self'")
+        if not self.adversarial and self.distill == "self":
+            raise ValueError("distill 'self' contrasts the clean and adversarial views: it needs adversarial: true")
+        return self
+
+    def transfer_source(self) -> TeacherConfig:
+        return self.source
+
+    def check(self, cfg) -> None:
+        from rkd.data import dataset_info
+
+        side = cfg.model.input_size or dataset_info(cfg.data.dataset).image_shape[-1]
+        if side % self.student_patch:
+            raise ValueError(f"method.student_patch {self.student_patch} must divide the image side {side} "
+                             "(the model's input_size when set: the student is masked at that size)")
+        if cfg.eval.transfer is not None and cfg.eval.transfer.source not in (None, self.source):
+            raise ValueError("eval.transfer.source differs from method.source; MACD is evaluated against the "
+                             "model its adversarial examples came from")
+
+    def check_models(self, cfg, models) -> None:
+        teacher = models.get("teacher")
+        if teacher is not None and teacher.method.CLASSIFIER:
+            raise ValueError(f"method.teacher must be an MAE run (method mae), got method {teacher.method.name}")
 
 
 class Macd(Method):
@@ -99,3 +175,62 @@ class Macd(Method):
         ce = F.cross_entropy(logits, y)
         loss = ce + self.weight * robust if self.weight > 0 else ce
         return StepOutput(loss=loss, terms={"ce": ce, "robust": robust, **terms}, logits=logits.detach())
+
+
+def _build(cfg: MacdMethod, model, models, seed) -> Macd:
+    if cfg.init == "source":
+        source = require(models, "source", cfg.name)
+        try:
+            model.load_state_dict(source.state_dict())
+        except RuntimeError as exc:
+            raise ValueError("macd init 'source': the student's architecture differs from the source model's; "
+                             f"use the same model or init: scratch ({str(exc)[:300]})") from None
+    teacher = freeze(models["teacher"]) if models.get("teacher") is not None else None
+    return Macd(model, teacher, teacher_mask_ratio=cfg.teacher_mask_ratio, student_patch=cfg.student_patch,
+                student_mask_ratio=cfg.student_mask_ratio, adversarial=cfg.adversarial, masking=cfg.masking,
+                distill=cfg.distill, projection=cfg.projection, tau=cfg.tau, weight=cfg.weight, seed=seed)
+
+
+# ------------------------------------------------------------------ the one-time adversarial set
+def adversarial_set_identity(cfg) -> str | None:
+    """What MACD's one-time set of a run depends on (None: the run uses none): the training
+    images (the data section without what only feeds them), the source model, the attack, the
+    seed and the attack's batch size."""
+    m = cfg.method
+    if not m.adversarial:
+        return None
+    return json.dumps([identity(cfg.data, (RUN, LOADER)), identity(m.source), identity(m.attack), cfg.seed,
+                       cfg.data.eval_batch_size], sort_keys=True)
+
+
+def macd_adversarial_set(cfg, train_set, source, device, return_key: bool = False):
+    """MACD's one-time adversarial examples of ``train_set`` (``method.attack`` against
+    ``source``), from the on-disk cache under ``method.cache_dir``, built there on first use.
+    Returns the ``(N, C, H, W)`` tensor (and the cache key with ``return_key``)."""
+    from rkd.adversarial_cache import CacheCorruptError, cached_adversarial_set
+
+    m = cfg.method
+    clean = train_set.with_transform(None)
+    adv, labels, key = cached_adversarial_set(cfg.adv_cache_dir(m.cache_dir), source, clean, m.attack.attack_params(),
+                                              cfg.seed, batch_size=cfg.data.eval_batch_size, device=device,
+                                              return_key=True)
+    if not torch.equal(labels, clean.labels):
+        raise CacheCorruptError(key, "the cached adversarial set's labels differ from the training set's")
+    return (adv, key) if return_key else adv
+
+
+def macd_training_set(cfg, train_set, adversarial_set: torch.Tensor):
+    """MACD's training data: each clean image paired with its one-time adversarial example,
+    augmented together (:func:`rkd.data.paired_dataset`)."""
+    from rkd.data import paired_dataset
+
+    return paired_dataset(train_set.with_transform(None), adversarial_set).with_transform(train_set.transform)
+
+
+ONE_TIME_SET = SharedTrainingData(
+    identity=adversarial_set_identity,
+    build=lambda cfg, train_set, models, device: macd_adversarial_set(cfg, train_set, models["source"], device),
+    use=macd_training_set,
+)
+
+register_method(MethodSpec(config=MacdMethod, build=_build, shared_data=ONE_TIME_SET))

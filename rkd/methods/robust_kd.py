@@ -15,15 +15,56 @@ maps; the Jacobian products reuse those graphs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Annotated, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
+from rkd.config.numbers import Number
 from rkd.losses import feature_map_loss, jacobian_projection_loss
 from rkd.methods.base import Method, StepOutput
-from rkd.methods.teacher import check_stage_shapes
+from rkd.methods.registry import MethodSpec, register_method
+from rkd.methods.teacher import DistillationConfig, check_stage_shapes, frozen_teacher
+
+STAGE = Annotated[int, Field(ge=1)]
+
+
+class RobustKDMethod(DistillationConfig):
+    """Robust-KD (Zhang & Yi 2021), eq. 21: CE + beta * L_fm + gamma * L_J on clean data."""
+
+    name: Literal["robust_kd"]
+    beta: Annotated[Number, Field(ge=0)] = 50.0
+    gamma: Annotated[Number, Field(ge=0)] = 5e3
+    stages: list[STAGE] = Field(default_factory=lambda: [1, 2, 3, 4], description="stages of L_fm (1-based)")
+    jacobian_stages: Optional[list[STAGE]] = Field(None, description="stages of L_J; None = the same as 'stages'")
+    feature_distance: Literal["cosine", "l2", "mse"] = "cosine"
+    n_proj: Annotated[int, Field(ge=1)] = 1
+    jacobian_estimator: Literal["per_stage", "joint"] = Field(
+        "joint", description="joint: one product for all stages (unbiased estimate of the per-stage loss, "
+        "the cost of one stage); per_stage: Algorithm 1 as printed, one product per stage"
+    )
+    projections: Literal["mean", "sum"] = Field("mean", description="reduction over the n_proj draws")
+
+    @model_validator(mode="after")
+    def _stages(self):
+        for key in ("stages", "jacobian_stages"):
+            st = getattr(self, key)
+            if st is not None and (not st or len(set(st)) != len(st)):
+                raise ValueError(f"method.{key} must list distinct stage numbers (1-based), got {st}")
+        return self
+
+    @property
+    def constrained_jacobian_stages(self) -> list[int]:
+        return list(self.jacobian_stages if self.jacobian_stages is not None else self.stages)
+
+    def check_architecture(self, cfg, model) -> None:
+        n = model.num_stages
+        for key in ("stages", "jacobian_stages"):
+            st = getattr(self, key) or []
+            if any(i > n for i in st):
+                raise ValueError(f"method.{key} {st}: {cfg.model.arch} has stages 1..{n}")
 
 
 class RobustKD(Method):
@@ -32,7 +73,7 @@ class RobustKD(Method):
 
     def __init__(self, model: nn.Module, teacher: nn.Module, *, beta: float = 50.0, gamma: float = 5e3,
                  stages: Sequence[int] = (1, 2, 3, 4), jacobian_stages: Sequence[int] | None = None,
-                 feature_distance: str = "cosine", n_proj: int = 1, jacobian_estimator: str = "per_stage",
+                 feature_distance: str = "cosine", n_proj: int = 1, jacobian_estimator: str = "joint",
                  projections: str = "mean"):
         super().__init__(model)
         self.teacher = teacher
@@ -63,3 +104,13 @@ class RobustKD(Method):
             loss = loss + self.gamma * jl
             terms["jacobian"] = jl
         return StepOutput(loss=loss, terms=terms, logits=logits.detach())
+
+
+def _build(cfg: RobustKDMethod, model, models, seed) -> RobustKD:
+    teacher = frozen_teacher(cfg, model, models)
+    return RobustKD(model, teacher, beta=cfg.beta, gamma=cfg.gamma, stages=cfg.stages,
+                    jacobian_stages=cfg.constrained_jacobian_stages, feature_distance=cfg.feature_distance,
+                    n_proj=cfg.n_proj, jacobian_estimator=cfg.jacobian_estimator, projections=cfg.projections)
+
+
+register_method(MethodSpec(config=RobustKDMethod, build=_build))

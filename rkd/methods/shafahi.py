@@ -8,13 +8,25 @@ teacher's. Only the last stage is constrained and no input gradients are needed.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from rkd.config.numbers import Number
 from rkd.losses import gap_l2_loss
 from rkd.methods.base import Method, StepOutput
-from rkd.methods.teacher import check_stage_shapes
+from rkd.methods.registry import MethodSpec, register_method
+from rkd.methods.teacher import DistillationConfig, check_stage_shapes, frozen_teacher
+
+
+class ShafahiMethod(DistillationConfig):
+    """Shafahi et al. (2019): CE + lam * ||GAP(f_last^S) - GAP(f_last^T)||^2 on clean data."""
+
+    name: Literal["shafahi"]
+    lam: Annotated[Number, Field(ge=0)] = 1.0
 
 
 class ShafahiTransfer(Method):
@@ -35,3 +47,8 @@ class ShafahiTransfer(Method):
         ce = F.cross_entropy(logits, y)
         gap = gap_l2_loss(f_s, f_t)
         return StepOutput(loss=ce + self.lam * gap, terms={"ce": ce, "gap_l2": gap}, logits=logits.detach())
+
+
+register_method(MethodSpec(
+    config=ShafahiMethod,
+    build=lambda cfg, model, models, seed: ShafahiTransfer(model, frozen_teacher(cfg, model, models), lam=cfg.lam)))

@@ -1,13 +1,37 @@
-"""Helpers for methods that learn from a frozen teacher: shape checks and student initialisation.
-(Where a teacher comes from -- a run directory or a config trained once -- is
-:mod:`rkd.teachers`.)"""
+"""Helpers for methods that learn from a frozen teacher: their common config, shape checks and
+student initialisation. (Where a teacher comes from -- a run directory or a config trained
+once -- is :mod:`rkd.teachers`.)"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Literal, Sequence
 
 import torch
+from pydantic import Field
 from torch import nn
+
+from rkd.config.methods import MethodConfig
+from rkd.config.schema import TeacherConfig
+from rkd.methods.base import freeze
+from rkd.methods.registry import require
+
+
+class DistillationConfig(MethodConfig):
+    """Common to the methods that learn from one frozen teacher."""
+
+    TRAINED_MODELS: ClassVar[tuple[str, ...]] = ("teacher",)
+    teacher: TeacherConfig
+    init: Literal["teacher", "scratch"] = Field(
+        "teacher", description="student starts from the teacher's weights with a new head, or from scratch"
+    )
+
+
+def frozen_teacher(cfg: DistillationConfig, student: nn.Module, models: dict[str, nn.Module]) -> nn.Module:
+    """The run's teacher, frozen; the student initialised from it when ``cfg.init`` says so."""
+    teacher = freeze(require(models, "teacher", cfg.name))
+    if cfg.init == "teacher":
+        init_from_teacher(student, teacher)
+    return teacher
 
 
 def check_stage_shapes(student: nn.Module, teacher: nn.Module, stages: Sequence[int]) -> None:

@@ -7,12 +7,26 @@ outer loss is summed and divided by the batch size (``batchmean``).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from rkd.attacks import pgd
+from rkd.config.methods import MethodConfig
+from rkd.config.numbers import Number
 from rkd.config.schema import TradesAttackConfig
 from rkd.methods.base import Method, StepOutput, attack_mode
+from rkd.methods.registry import MethodSpec, register_method
+
+
+class TradesMethod(MethodConfig):
+    """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(f(x_adv) || f(x))."""
+
+    name: Literal["trades"]
+    beta: Annotated[Number, Field(ge=0)] = 6.0
+    attack: TradesAttackConfig = Field(default_factory=TradesAttackConfig)
 
 
 def _kl_to(p_clean: torch.Tensor):
@@ -47,3 +61,7 @@ class Trades(Method):
         ce = F.cross_entropy(logits, y)
         kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
         return StepOutput(loss=ce + self.beta * kl, terms={"ce": ce, "kl": kl}, logits=logits)
+
+
+register_method(MethodSpec(config=TradesMethod,
+                           build=lambda cfg, model, models, seed: Trades(model, beta=cfg.beta, attack=cfg.attack)))

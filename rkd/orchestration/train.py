@@ -32,9 +32,10 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from rkd.config import ExperimentConfig, config_from_dict
+from rkd.config.methods import import_plugin, plugin_sources
 from rkd.engine import Callback
-from rkd.experiment import RunOutput, run_experiment, unique_dir
-from rkd.teachers import ensure_named_models
+from rkd.evaluation.metric_names import accuracy_metrics, metric_for_label
+from rkd.experiment import RunOutput, RunPlace, ensure_named_models, run_experiment, unique_dir
 from rkd.orchestration.worker_groups import worker_group_ids
 from rkd.tracking import absolute_tracking_uri, create_run, end_run
 
@@ -46,31 +47,13 @@ FINAL_FILE = "final.json"
 DONE_KEY, EPOCH_KEY = "finished", "epoch"
 
 
-def tune_metric_key(label: str) -> str:
-    """A metric label (``PGD-7 Linf 8/255``, ``... (transfer)``, ``clean``) as a key Ray and
-    MLflow take (no spaces, slashes or parentheses)."""
-    out = "".join(c if c.isalnum() or c in "-." else "_" for c in label)
-    return "acc_" + "_".join(p for p in out.split("_") if p)
-
-
-def results_metrics(results: dict | None) -> dict[str, float]:
-    """Final accuracies of a results dict, keyed by :func:`tune_metric_key` of their labels."""
-    if not results:
-        return {}
-    out = {tune_metric_key("clean"): results["clean_accuracy"]}
-    for a in results["attacks"]:
-        label = a["name"] if a["protocol"] == "white-box" else f"{a['name']} ({a['protocol']})"
-        out[tune_metric_key(label)] = a["accuracy"]
-    return out
-
-
 def final_report(cfg: ExperimentConfig, results: dict | None, objective=None) -> dict:
     """A run's last report: finished, its planned epochs, every final accuracy, and with
     ``objective`` (``(metric label, val_samples)``) the metric as ``objective`` on the whole
     evaluation set."""
-    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **results_metrics(results)}
+    final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **accuracy_metrics(results)}
     if objective and results:
-        final["objective"] = final.get(tune_metric_key(objective[0]), float("nan"))
+        final["objective"] = final.get(metric_for_label(objective[0]), float("nan"))
     return final
 
 
@@ -103,31 +86,17 @@ class RayReportCallback(Callback):
             self.report(report, checkpoint=self.checkpoint_cls.from_directory(d))
 
 
-class CrashOnce(Callback):
-    """Fault injection for tests: the worker of ``rank`` exits the process during epoch
-    ``epoch + 1`` (1-based ``epoch`` is the last one it completes), on the first attempt only (no
-    Ray checkpoint existed at its start). It first waits ``delay_s``: Ray's controller collects
-    the workers' reports (and registers their checkpoints) when it polls them, so a process that
-    dies within the same poll interval as its last report takes that report with it."""
-
-    def __init__(self, epoch: int, rank: int, first_attempt: bool, delay_s: float = 3.0):
-        self.epoch, self.rank, self.armed, self.delay_s = epoch, rank, first_attempt, delay_s
-
-    def on_epoch_end(self, trainer, epoch, metrics):
-        if self.armed and trainer.rank == self.rank and epoch + 1 == self.epoch:
-            import time
-
-            time.sleep(self.delay_s)
-            os._exit(17)
-
-
 def train_func(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker (see the module docstring). ``config`` keys: ``cfg`` (the
     resolved experiment config as a dict), ``run_dir``, ``cwd``, ``mlflow_run_id``,
     ``parent_run_id``, ``tags``, ``adversarial_set`` (an ObjectRef of a numpy array, or None),
-    ``objective`` (``(metric label, val_samples)`` or None), ``crash`` (tests)."""
+    ``objective`` (``(metric label, val_samples)`` or None), ``plugins`` (method modules from
+    outside rkd, :func:`rkd.config.methods.plugin_sources`), ``callbacks`` (more trainer
+    callbacks, e.g. a test's fault injection)."""
     if config.get("cwd") and Path(config["cwd"]).is_dir():
         os.chdir(config["cwd"])  # relative paths of the config mean what they meant to the driver
+    for source in config.get("plugins") or ():
+        import_plugin(source)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = config_from_dict(config["cfg"])
@@ -140,22 +109,21 @@ def train_func(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     worker_group = worker_group_ids() if rank == 0 else {}
     callbacks: list[Callback] = [RayReportCallback(objective_fn(cfg, config.get("objective"), device),
-                                                   extra=worker_group)]
-    if config.get("crash"):
-        callbacks.append(CrashOnce(config["crash"]["epoch"], config["crash"]["rank"], checkpoint is None))
+                                                   extra=worker_group), *(config.get("callbacks") or ())]
     adv = shared_tensor(config.get("adversarial_set"))
-    kwargs = dict(run_dir=config["run_dir"], rank=rank, world_size=world, callbacks=callbacks, allow_existing=True,
-                  mlflow_run_id=config.get("mlflow_run_id"), parent_run_id=config.get("parent_run_id"),
-                  tags=config.get("tags"), adversarial_set=adv)
+    place = dict(run_dir=config["run_dir"], rank=rank, world_size=world, attempt=True,
+                 mlflow_run_id=config.get("mlflow_run_id"), parent_run_id=config.get("parent_run_id"),
+                 tags=config.get("tags"))
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             if (Path(d) / FINAL_FILE).is_file():  # finished before a restart: report it again
                 final = json.loads((Path(d) / FINAL_FILE).read_text())
                 _report_final({**final, **worker_group}, rank)
                 return
-            out = run_experiment(cfg, resume_from=Path(d) / CHECKPOINT_FILE, **kwargs)
+            out = run_experiment(cfg, RunPlace(resume=Path(d) / CHECKPOINT_FILE, **place), callbacks=callbacks,
+                                 adversarial_set=adv)
     else:
-        out = run_experiment(cfg, **kwargs)
+        out = run_experiment(cfg, RunPlace(**place), callbacks=callbacks, adversarial_set=adv)
     final = final_report(cfg, out.results, config.get("objective") if rank == 0 else None)
     _report_final({**final, **worker_group}, rank, out.run_dir if rank == 0 else None)
 
@@ -236,27 +204,31 @@ def storage_path(cfg: ExperimentConfig) -> str:
 
 
 def trainer_for(cfg: ExperimentConfig, run_dir: Path, *, mlflow_run_id: str | None, parent_run_id: str | None = None,
-                tags: dict | None = None, adversarial_set=None, objective=None, crash: dict | None = None,
+                tags: dict | None = None, adversarial_set=None, objective=None, worker_callbacks: list | None = None,
                 callbacks: list | None = None) -> TorchTrainer:
-    """The TorchTrainer of one run (``run_dir`` also names its Ray run and checkpoints)."""
+    """The TorchTrainer of one run (``run_dir`` also names its Ray run and checkpoints).
+    ``worker_callbacks``: trainer callbacks for every worker; ``callbacks``: Ray Train's."""
     loop_config = {"cfg": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "cwd": os.getcwd(),
                    "mlflow_run_id": mlflow_run_id, "parent_run_id": parent_run_id, "tags": tags or {},
-                   "adversarial_set": adversarial_set, "objective": objective, "crash": crash}
+                   "adversarial_set": adversarial_set, "objective": objective, "plugins": plugin_sources(),
+                   "callbacks": worker_callbacks or []}
     return TorchTrainer(
         train_func, train_loop_config=loop_config, scaling_config=scaling_config(cfg),
         run_config=RunConfig(name=run_dir.name, storage_path=storage_path(cfg),
                              failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or None),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                             callbacks=callbacks or None),
     )
 
 
 def fit(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, parent_run_id: str | None = None,
-        tags: dict | None = None, crash: dict | None = None) -> RunOutput | dict:
+        tags: dict | None = None, worker_callbacks: list | None = None) -> RunOutput | dict:
     """Train and evaluate one run as configured by ``cfg.scaling``: in-process when
     ``num_workers`` is 0, else as a TorchTrainer on the connected Ray cluster. Returns the
     :class:`RunOutput` (in-process) or the final metrics reported by rank 0 (Ray)."""
     if cfg.scaling.num_workers == 0:
-        return run_experiment(cfg, run_dir=run_dir, parent_run_id=parent_run_id, tags=tags)
+        return run_experiment(cfg, RunPlace(run_dir=run_dir, parent_run_id=parent_run_id, tags=tags or {}),
+                              callbacks=worker_callbacks or ())
     cfg = absolute_paths(cfg)
     ensure_named_models(cfg, parent_run_id=parent_run_id)
     run_dir = Path(run_dir).resolve() if run_dir is not None else unique_dir(cfg.output_dir, cfg.name)
@@ -265,7 +237,7 @@ def fit(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, parent_run_
     run_id = create_run(cfg.tracking, cfg.name, tags=run_tags, parent_run_id=parent_run_id)
     try:
         result = trainer_for(cfg, run_dir, mlflow_run_id=run_id, parent_run_id=parent_run_id, tags=tags,
-                             crash=crash).fit()
+                             worker_callbacks=worker_callbacks).fit()
     except Exception as exc:
         end_run(cfg.tracking, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise

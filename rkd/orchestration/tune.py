@@ -10,9 +10,10 @@
 * Each epoch reports ``objective`` = the space's metric on the first ``val_samples`` test
   images (what ASHA reads); the final report carries it on the whole evaluation set, with every
   accuracy of ``results.json``.
-* MACD's one-time adversarial set is built (or read from the disk cache) once by the driver and
-  put in the object store as one contiguous read-only numpy array; every trial whose data,
-  source and attack are the base config's reads it from there (:func:`shared_adversarial_set`).
+* A method's shared training data (MACD's one-time adversarial set) is built (or read from its
+  disk cache) once by the driver and put in the object store as one contiguous read-only numpy
+  array; every trial whose data has the base config's identity reads it from there
+  (:func:`shared_training_data`).
 * ``resume=True`` restores an interrupted sweep (``Tuner.restore``): finished trials are kept,
   unfinished and errored ones continue from their checkpoints.
 """
@@ -30,23 +31,24 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from rkd.config import ExperimentConfig
+from rkd.config.methods import import_plugin, plugin_sources
 from rkd.config.tune_space import Distribution, LoadedSpace, load_space
-from rkd.experiment import run_experiment
+from rkd.evaluation.metric_names import PREFIX, accuracy_metrics
+from rkd.experiment import RunPlace, ensure_named_models, run_experiment
+from rkd.methods import get_method
 from rkd.orchestration.train import (
     CHECKPOINT_FILE,
     DONE_KEY,
     EPOCH_KEY,
     RayReportCallback,
+    absolute_paths,
     final_report,
     objective_fn,
-    absolute_paths,
-    results_metrics,
     shared_tensor,
     storage_path,
     trainer_for,
 )
 from rkd.orchestration.worker_groups import OrphanedWorkerGroups
-from rkd.teachers import ensure_named_models
 from rkd.tracking import create_run, end_run, end_tagged_runs, finish_run
 
 STATE_FILE = "rkd_sweep.json"
@@ -97,38 +99,37 @@ def max_concurrent(cfg: ExperimentConfig, requested: int | None) -> int:
     return min(fits, requested) if requested else fits
 
 
-def shared_adversarial_set(cfg: ExperimentConfig):
-    """MACD: the base config's one-time adversarial training set, loaded from (or built into)
-    the disk cache once, then put in the object store as a contiguous read-only float32 numpy
-    array. Returns ``(ObjectRef, key)`` -- the key says which trials may use it
-    (:func:`adversarial_set_key`) -- or ``(None, None)``."""
-    m = cfg.method
-    if m.name != "macd" or not m.adversarial:
+def shared_training_data(cfg: ExperimentConfig):
+    """The base config's shared training data (its method's, e.g. MACD's one-time adversarial
+    set), loaded from (or built into) its disk cache once, then put in the object store as a
+    contiguous read-only float32 numpy array. Returns ``(ObjectRef, identity)`` -- the identity
+    says which trials may use it -- or ``(None, None)``."""
+    spec = get_method(cfg.method.name).shared_data
+    ident = spec.identity(cfg) if spec is not None else None
+    if ident is None:
         return None, None
-    from rkd.experiment import build_datasets, macd_adversarial_set, resolve_device
-    from rkd.teachers import load_teacher
+    from rkd.experiment import build_datasets, resolve_device
+    from rkd.experiment.pipeline import load_trained_models
 
     device = resolve_device(cfg.device)
-    source, _ = load_teacher(m.source, device, tracking=cfg.tracking)
+    models = {k.removeprefix("method."): m.module for k, m in load_trained_models(cfg, device, None).items()}
     train_set, _, _ = build_datasets(cfg.data)
-    adv = macd_adversarial_set(cfg, train_set, source, device)
-    return ray.put(np.ascontiguousarray(adv.numpy())), adversarial_set_key(cfg)
+    data = spec.build(cfg, train_set, models, device)
+    return ray.put(np.ascontiguousarray(data.numpy())), ident
 
 
-def adversarial_set_key(cfg: ExperimentConfig) -> str:
-    """What the one-time set depends on, as data: two configs with equal keys share the set."""
-    m = cfg.method
-    if m.name != "macd":
-        return ""
-    return json.dumps([cfg.data.model_dump(mode="json", exclude={"batch_size", "num_workers", "augment", "flip"}),
-                       m.source.model_dump(mode="json"), m.attack.model_dump(mode="json"), cfg.seed,
-                       cfg.data.eval_batch_size, m.cache_dir], sort_keys=True)
+def shared_data_identity(cfg: ExperimentConfig) -> str | None:
+    """What a run's shared training data depends on (None: it uses none)."""
+    spec = get_method(cfg.method.name).shared_data
+    return spec.identity(cfg) if spec is not None else None
 
 
 def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id: str | None, shared,
-           cwd: str) -> None:
+           cwd: str, plugins: list[str]) -> None:
     """One trial: the base config with this sample; reports each epoch and at the end."""
     os.chdir(cwd)  # relative paths in the config (teacher caches, data) mean what they meant to the driver
+    for source in plugins:
+        import_plugin(source)
     space = load_space(space_path)
     sample = {k: config[k] for k in space.params}
     ctx = tune.get_context()
@@ -139,9 +140,10 @@ def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id
     tags = {"rkd.sweep": sweep, "rkd.trial_id": trial_id, "rkd.method": cfg.method.name,
             "rkd.sample": json.dumps(sample)}
     ref, ref_key = shared
-    adv = ref if ref is not None and adversarial_set_key(cfg) == ref_key else None
-    if cfg.method.name == "macd" and cfg.method.adversarial:
-        tags["rkd.adversarial_set"] = "object_store" if adv is not None else "disk_cache"
+    ident = shared_data_identity(cfg)
+    adv = ref if ref is not None and ident == ref_key else None
+    if ident is not None:
+        tags["rkd.shared_data"] = "object_store" if adv is not None else "disk_cache"
     run_id = create_run(cfg.tracking, cfg.name, tags=tags, parent_run_id=parent_run_id,
                         find_tag=("rkd.trial_id", trial_id))
     objective = (space.spec.metric, space.spec.val_samples)
@@ -163,13 +165,13 @@ def _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv_ref, objectiv
     checkpoint = tune.get_checkpoint()
     cb = RayReportCallback(objective_fn(cfg, objective, resolve_device(cfg.device)), report=tune.report,
                            checkpoint_cls=tune.Checkpoint)
-    kwargs = dict(run_dir=run_dir, mlflow_run_id=run_id, allow_existing=True, parent_run_id=parent_run_id,
-                  tags=tags, callbacks=[cb], adversarial_set=shared_tensor(adv_ref))
+    place = dict(run_dir=run_dir, mlflow_run_id=run_id, attempt=True, parent_run_id=parent_run_id, tags=tags)
+    kwargs = dict(callbacks=[cb], adversarial_set=shared_tensor(adv_ref))
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            out = run_experiment(cfg, resume_from=Path(d) / CHECKPOINT_FILE, **kwargs)
+            out = run_experiment(cfg, RunPlace(resume=Path(d) / CHECKPOINT_FILE, **place), **kwargs)
     else:
-        out = run_experiment(cfg, **kwargs)
+        out = run_experiment(cfg, RunPlace(**place), **kwargs)
     tune.report(final_report(cfg, out.results, objective))
 
 
@@ -252,13 +254,13 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
     parent_id = state.get("parent_run_id") or create_run(
         base.tracking, sweep, tags={"rkd.kind": "sweep", "rkd.space": space_path, "rkd.metric": space.spec.metric})
     ensure_named_models(base, parent_run_id=parent_id)  # teachers, MAE, sources: once, before the trials
-    shared = shared_adversarial_set(base)
+    shared = shared_training_data(base)
     (root / sweep).mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"parent_run_id": parent_id, "space": space_path}))
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, space_path=space_path, sweep=sweep, parent_run_id=parent_id, shared=shared,
-                             cwd=os.getcwd()),
+                             cwd=os.getcwd(), plugins=plugin_sources()),
         trial_resources(base) if base.scaling.num_workers == 0 else {"CPU": COORDINATOR_CPU})
     if resume:
         tuner = tune.Tuner.restore(str(root / sweep), trainable, resume_unfinished=True, resume_errored=True)
@@ -279,7 +281,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
         trials.append({"trial_id": r.metrics.get("trial_id") if r.metrics else None,
                        "config": {k: r.config.get(k) for k in space.params} if r.config else None,
                        "metrics": {k: v for k, v in (r.metrics or {}).items()
-                                   if k == "objective" or k.startswith("acc_") or k in (EPOCH_KEY, DONE_KEY)},
+                                   if k == "objective" or k.startswith(PREFIX) or k in (EPOCH_KEY, DONE_KEY)},
                        "error": str(r.error)[-500:] if r.error else None, "path": r.path})
     best = None
     finished = [t for t in trials if t["metrics"].get(DONE_KEY) == 1 and not t["error"]]
@@ -302,16 +304,19 @@ def _finish_parent(base: ExperimentConfig, parent_id: str | None, summary: dict,
                artifacts=[where / "summary.json"])
 
 
-def _run_row(config: dict[str, Any], *, configs: dict, out_dir: str, parent_run_id: str | None, cwd: str) -> None:
+def _run_row(config: dict[str, Any], *, configs: dict, out_dir: str, parent_run_id: str | None, cwd: str,
+             plugins: list[str]) -> None:
     """A trial of :func:`launch_runs`: one named config, trained and evaluated in-process."""
     from rkd.config import config_from_dict
 
     os.chdir(cwd)  # relative paths in the config (teacher caches, data) mean what they meant to the driver
+    for source in plugins:
+        import_plugin(source)
     cfg = config_from_dict(configs[config["row"]])
-    out = run_experiment(cfg, run_dir=Path(out_dir) / cfg.name, parent_run_id=parent_run_id,
-                         tags={"rkd.row": config["row"]})
+    out = run_experiment(cfg, RunPlace(run_dir=Path(out_dir) / cfg.name, parent_run_id=parent_run_id,
+                                       tags={"rkd.row": config["row"]}))
     tune.report({DONE_KEY: 1, "run_dir": str(out.run_dir), "mlflow_run_id": out.mlflow_run_id or "",
-                 **results_metrics(out.results)})
+                 **accuracy_metrics(out.results)})
 
 
 def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, parent_run_id: str | None = None,
@@ -326,7 +331,7 @@ def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, pa
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, max_concurrent_trials))
     trainable = tune.with_resources(
         tune.with_parameters(_run_row, configs=payload, out_dir=str(out_dir), parent_run_id=parent_run_id,
-                             cwd=os.getcwd()),
+                             cwd=os.getcwd(), plugins=plugin_sources()),
         {"CPU": cpus})
     tuner = tune.Tuner(trainable, param_space={"row": tune.grid_search(list(configs))},
                        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials),

@@ -11,9 +11,8 @@ from rkd.tracking.mlflow_tracker import (
     end_tagged_runs,
     finish_run,
     get_or_create_experiment,
-    metric_key,
     resolve_tracking_uri,
 )
 
 __all__ = ["DEFAULT_TRACKING_URI", "PARENT_TAG", "MlflowCallback", "MlflowRun", "absolute_tracking_uri",
-           "create_run", "end_run", "end_tagged_runs", "finish_run", "get_or_create_experiment", "metric_key", "resolve_tracking_uri"]
+           "create_run", "end_run", "end_tagged_runs", "finish_run", "get_or_create_experiment", "resolve_tracking_uri"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rkd.config.loader import dump_config, flatten
 from rkd.engine.callbacks import Callback
+from rkd.evaluation.metric_names import accuracy_metrics
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -126,11 +127,9 @@ class MlflowRun:
         L2 norm and zero fraction when evaluated) and the results files as artifacts."""
         if not self.enabled:
             return
-        metrics = {"clean_acc": results["clean_accuracy"], "eval_wall_time_s": results["eval_wall_time_s"]}
+        metrics = {**accuracy_metrics(results), "eval_wall_time_s": results["eval_wall_time_s"]}
         if results.get("train_wall_time_s") is not None:
             metrics["train_wall_time_s"] = results["train_wall_time_s"]
-        for a in results["attacks"]:
-            metrics[metric_key(a)] = a["accuracy"]
         for e in results.get("jsma") or []:
             metrics[f"jsma.{e['saliency']}.success_rate"] = e["success_rate"]
         grad = results.get("input_gradient")
@@ -250,12 +249,6 @@ def finish_run(tracking, run_id: str | None, status: str, *, metrics: dict | Non
     for a in artifacts or []:
         client.log_artifact(run_id, str(a))
     client.set_terminated(run_id, status=status)
-
-
-def metric_key(attack_entry: dict) -> str:
-    """MLflow metric name of an attack result, e.g. ``acc.white-box.PGD-7_Linf_8_255``."""
-    name = attack_entry["name"].replace(" ", "_").replace("/", "_").replace("=", "")
-    return f"acc.{attack_entry['protocol']}.{name}"
 
 
 class MlflowCallback(Callback):

@@ -1,0 +1,48 @@
+"""From a config to the objects a run trains on: device, datasets, model."""
+
+from __future__ import annotations
+
+import torch
+
+from rkd.config import ExperimentConfig
+from rkd.data import build_dataset, class_subset, dataset_info, half_split, limit
+from rkd.data.transforms import train_transform
+from rkd.models import create_model, set_input_size
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_datasets(data_cfg):
+    """(train set with augmentation, test set, num_classes) as configured."""
+    kw = dict(root=data_cfg.root, download=data_cfg.download)
+    if data_cfg.dataset in ("cifar10", "cifar100", "svhn"):
+        kw["verify"] = data_cfg.verify
+    train = build_dataset(data_cfg.dataset, train=True, **kw)
+    test = build_dataset(data_cfg.dataset, train=False, **kw)
+    if data_cfg.classes is not None:
+        train, test = class_subset(train, data_cfg.classes), class_subset(test, data_cfg.classes)
+    if data_cfg.half is not None:
+        train = half_split(train, data_cfg.half, seed=data_cfg.split_seed)
+    if data_cfg.limit_train is not None:
+        train = limit(train, data_cfg.limit_train, seed=data_cfg.split_seed)
+    if data_cfg.limit_test is not None:
+        test = limit(test, data_cfg.limit_test, seed=data_cfg.split_seed)
+    if data_cfg.augment:
+        train = train.with_transform(train_transform(flip=data_cfg.flip))
+    return train, test, train.num_classes
+
+
+def num_classes_of(data_cfg) -> int:
+    """Number of classes the configured data will have (known before loading it)."""
+    return len(data_cfg.classes) if data_cfg.classes is not None else dataset_info(data_cfg.dataset).num_classes
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int | None = None):
+    """The configured model (its knobs were checked against the architecture by load_config)."""
+    num_classes = num_classes_of(cfg.data) if num_classes is None else num_classes
+    model = create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **cfg.model.kwargs())
+    return set_input_size(model, cfg.model.input_size) if cfg.model.input_size is not None else model

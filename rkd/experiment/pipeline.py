@@ -1,0 +1,304 @@
+"""One experiment run: config -> prepare -> train -> evaluate -> track.
+
+:func:`run_experiment` is what every entry point calls: ``rkd train``, the quickstart, a Ray
+Train worker, a Tune trial and the teacher cache (which add their own callbacks and
+:class:`~rkd.experiment.place.RunPlace`). Nothing here knows a method by name: what a method
+needs (trained models, shared training data, its per-epoch validation) comes from its
+registered :class:`~rkd.methods.registry.MethodSpec`. A run lives in a directory::
+
+    <output_dir>/<name>-<timestamp>/
+        config.yaml          the fully resolved config
+        run.json             MLflow run id, tracking URI, status, device, the models it loaded
+        history.json         per-epoch metrics
+        checkpoints/epoch_NNNN.pt (+ .sha256)   resumable trainer state (newest kept)
+        model.pt (+ .sha256) final weights of the trained model (state_dict)
+        results.json, results.md   robust-accuracy evaluation (schema in rkd.evaluation.results)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from rkd.config import ExperimentConfig, save_config
+from rkd.config.schema import TeacherConfig, TrackingConfig
+from rkd.data.loader import make_loader
+from rkd.engine import (
+    Callback,
+    CheckpointCallback,
+    CheckpointError,
+    DistributedEpochSampler,
+    GradientAllReduce,
+    HistoryCallback,
+    ProgressCallback,
+    Trainer,
+    atomic_torch_save,
+    latest_checkpoint,
+    list_checkpoints,
+    seed_everything,
+    verified_torch_load,
+)
+from rkd.evaluation import accuracy, evaluate, make_results, write_results
+from rkd.evaluation.robust_accuracy import eval_subset
+from rkd.experiment.builders import build_datasets, build_model, num_classes_of, resolve_device
+from rkd.experiment.model_cache import TeacherRun, ensure_cached
+from rkd.experiment.place import RunPlace
+from rkd.experiment.run_dir import read_run_json, unique_dir, write_run_json
+from rkd.methods import build_method, get_method
+from rkd.tracking import MlflowRun, resolve_tracking_uri
+
+
+@dataclass
+class RunOutput:
+    run_dir: Path
+    results: dict | None
+    history: list[dict]
+    mlflow_run_id: str | None
+    train_wall_time_s: float
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    """A trained model a run needs, frozen on the run's device, and the run it came from."""
+
+    module: nn.Module
+    run: TeacherRun
+
+    def info(self) -> dict:
+        return {"run_dir": str(self.run.run_dir), "name": self.run.cfg.name, "key": self.run.key}
+
+
+@dataclass
+class Prepared:
+    """Everything built before training starts (so a bad setting fails before any work)."""
+
+    cfg: ExperimentConfig
+    place: RunPlace
+    device: torch.device
+    models: dict[str, LoadedModel]   # by key path (method.teacher, eval.transfer.source, ...)
+    model: nn.Module
+    method: Any
+    train_set: Any
+    test_set: Any
+    run_dir: Path
+
+    def transfer_source(self) -> LoadedModel | None:
+        spec = self.cfg.transfer_source()
+        return next((m for k, m in self.models.items() if self.cfg.trained_models()[k] == spec), None) \
+            if spec is not None else None
+
+    def roles(self) -> dict[str, dict]:
+        """The loaded models' records by role (``teacher``, ``source``, ...) for run.json and results."""
+        out = {}
+        for key, m in self.models.items():
+            out[key.removeprefix("method.") if key.startswith("method.") else "source"] = m.info()
+        return out
+
+
+# ------------------------------------------------------------------------------ trained models
+def ensure_teacher(spec: TeacherConfig, *, parent_run_id: str | None = None, tracking: TrackingConfig | None = None,
+                   output_dir: str = "runs") -> TeacherRun:
+    """Make sure a trained model exists as a finished run (trained once, cached; see
+    :mod:`rkd.experiment.model_cache`), training it through this pipeline if needed."""
+    def train(cfg, run_dir, resume, key):
+        run_experiment(cfg, RunPlace(run_dir=run_dir, resume=resume, parent_run_id=parent_run_id,
+                                     tags={"rkd.role": "teacher", "rkd.teacher_key": key}))
+
+    return ensure_cached(spec, train, output_dir=output_dir, tracking=tracking)
+
+
+def load_teacher(spec: TeacherConfig, device="cpu", *, parent_run_id: str | None = None,
+                 tracking: TrackingConfig | None = None, output_dir: str = "runs") -> tuple[nn.Module, TeacherRun]:
+    """The network of a trained model (eval mode, on ``device``) and where it came from."""
+    run = ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking, output_dir=output_dir)
+    model = build_model(run.cfg)
+    model.load_state_dict(run.state if run.state is not None else verified_torch_load(run.run_dir / "model.pt"))
+    return model.to(device).eval(), run
+
+
+def ensure_named_models(cfg: ExperimentConfig, *, parent_run_id: str | None = None,
+                        tracking: TrackingConfig | None = None) -> None:
+    """Train (once) every model a run of ``cfg`` loads that is not cached yet -- e.g. in a
+    driver, before workers or trials that only load them start."""
+    for spec in cfg.trained_models().values():
+        ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking or cfg.tracking, output_dir=cfg.output_dir)
+
+
+def load_trained_models(cfg: ExperimentConfig, device, parent_run_id: str | None) -> dict[str, LoadedModel]:
+    """Every model of ``cfg.trained_models()``, in its order (trained first where missing)."""
+    out = {}
+    for key, spec in cfg.trained_models().items():
+        module, run = load_teacher(spec, device, parent_run_id=parent_run_id, tracking=cfg.tracking,
+                                   output_dir=cfg.output_dir)
+        out[key] = LoadedModel(module, run)
+    return out
+
+
+# ------------------------------------------------------------------------------------ prepare
+def check_run_dir(place: RunPlace) -> None:
+    """A new run needs an empty (or no) directory; a resumed one a checkpoint in it."""
+    d = place.run_dir
+    if d is None:
+        return
+    if place.resume is True and latest_checkpoint(d / "checkpoints") is None:
+        raise FileNotFoundError(f"nothing to resume in {d}: no checkpoints/epoch_*.pt")
+    if place.resume is False and not place.attempt and place.writer and d.is_dir() and any(d.iterdir()):
+        raise FileExistsError(f"run directory {d} is not empty; resume it or choose another")
+
+
+def prepare(cfg: ExperimentConfig, place: RunPlace, shared_data: torch.Tensor | None = None) -> Prepared:
+    """Load the trained models, then (seeded) build the model, the data and the method."""
+    device = resolve_device(cfg.device)
+    check_run_dir(place)
+    models = load_trained_models(cfg, device, place.parent_run_id)  # first: training one must not shift our RNG
+    seed_everything(cfg.seed)
+    model = build_model(cfg)  # before the data: a bad model setting fails in a second
+    train_set, test_set, num_classes = build_datasets(cfg.data)
+    if num_classes != num_classes_of(cfg.data):
+        raise ValueError(f"{cfg.data.dataset}: {num_classes} classes in the data, expected {num_classes_of(cfg.data)}")
+    by_role = {k.removeprefix("method."): m.module for k, m in models.items() if k.startswith("method.")}
+    train_set = training_set(cfg, train_set, by_role, device, shared_data)
+    method = build_method(cfg.method, model, models=by_role, seed=cfg.seed)
+    run_dir = place.run_dir if place.run_dir is not None else unique_dir(cfg.output_dir, cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if place.writer:
+        save_config(cfg, run_dir / "config.yaml")
+    return Prepared(cfg, place, device, models, model, method, train_set, test_set, run_dir)
+
+
+def training_set(cfg: ExperimentConfig, train_set, models: dict[str, nn.Module], device, shared=None):
+    """The data the method trains on: the dataset itself, or with the method's shared data
+    (given, e.g. from Ray's object store, or built/read from its cache)."""
+    spec = get_method(cfg.method.name).shared_data
+    if spec is None or spec.identity(cfg) is None:
+        return train_set
+    if shared is None:
+        shared = spec.build(cfg, train_set, models, device)
+    return spec.use(cfg, train_set, shared)
+
+
+def epoch_eval_fn(cfg: ExperimentConfig, test_set, device):
+    """The method's per-epoch validation; by default clean accuracy on (the first 1000 of)
+    the test set."""
+    custom = get_method(cfg.method.name).epoch_eval
+    if custom is not None:
+        return custom(cfg, test_set, device)
+    loader = make_loader(eval_subset(test_set, 1000), cfg.data.eval_batch_size)
+    return lambda model: {"val_acc": accuracy(model, loader, device)}
+
+
+# -------------------------------------------------------------------------------------- train
+def make_trainer(p: Prepared, tracker: MlflowRun, callbacks: Iterable[Callback]) -> Trainer:
+    cfg, place = p.cfg, p.place
+    sampler, extra = None, []
+    if place.world_size > 1:
+        sampler = DistributedEpochSampler(len(p.train_set), place.rank, place.world_size, seed=cfg.seed)
+        extra = [GradientAllReduce()]
+    return Trainer(
+        p.method, p.train_set, cfg.train, batch_size=math.ceil(cfg.data.batch_size / place.world_size),
+        device=p.device, seed=cfg.seed, num_workers=cfg.data.num_workers, rank=place.rank, sampler=sampler,
+        eval_fn=epoch_eval_fn(cfg, p.test_set, p.device),
+        callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(p.run_dir / "history.json"),
+                   CheckpointCallback(p.run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints),
+                   tracker.callback(), *extra, *callbacks],
+    )
+
+
+def resume_trainer(trainer: Trainer, place: RunPlace, run_dir: Path) -> None:
+    """Continue from the orchestrator's checkpoint, or the newest one in ``run_dir`` that
+    verifies (a corrupt one is reported and skipped)."""
+    if place.checkpoint is not None:
+        trainer.resume(place.checkpoint)
+        return
+    if place.resume is not True:
+        return
+    for ckpt in reversed(list_checkpoints(run_dir / "checkpoints")):
+        try:
+            trainer.resume(ckpt)
+            return
+        except CheckpointError as exc:
+            warnings.warn(f"skipping unusable checkpoint: {exc}", stacklevel=2)
+    raise CheckpointError(f"no usable checkpoint in {run_dir / 'checkpoints'}")
+
+
+# ----------------------------------------------------------------------------------- evaluate
+def run_info(cfg: ExperimentConfig, run_dir: Path, mlflow_run_id: str | None, roles: dict) -> dict:
+    return {"name": cfg.name, "method": cfg.method.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
+            "run_dir": str(run_dir), "mlflow_run_id": mlflow_run_id, **roles}
+
+
+def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict | None:
+    """Rank 0: the final weights, the evaluation (when enabled) and the logged model."""
+    cfg, model = p.cfg, p.model
+    atomic_torch_save(model.state_dict(), p.run_dir / "model.pt")
+    results = None
+    if cfg.eval.enabled:
+        source = p.transfer_source()
+        body = evaluate(model, p.test_set, cfg.eval, device=p.device, batch_size=cfg.data.eval_batch_size,
+                        source=source and source.module, source_label=source and source.run.cfg.name)
+        results = make_results(body, run=run_info(cfg, p.run_dir, tracker.run_id, p.roles()),
+                               train_wall_time_s=trainer.wall_time)
+        tracker.log_results(results, list(write_results(results, p.run_dir)))
+    else:
+        tracker.log_metrics({"train_wall_time_s": trainer.wall_time})
+    tracker.log_model(model)
+    model.to(p.device)
+    return results
+
+
+# -------------------------------------------------------------------------------------- track
+def open_tracker(p: Prepared) -> MlflowRun:
+    cfg, place = p.cfg, p.place
+    previous = read_run_json(p.run_dir) if place.resume is True else {}
+    tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
+            "rkd.run_dir": str(p.run_dir.resolve()), **place.tags}
+    for role, info in p.roles().items():
+        tags[f"rkd.{role}_run_dir"] = str(Path(info["run_dir"]).resolve())
+    return MlflowRun(cfg.tracking, run_name=cfg.name, tags=tags, parent_run_id=place.parent_run_id,
+                     run_id=place.mlflow_run_id or previous.get("mlflow_run_id"), rank=place.rank)
+
+
+def record_start(p: Prepared, tracker: MlflowRun) -> None:
+    uri = resolve_tracking_uri(p.cfg.tracking.tracking_uri) if tracker.enabled else None
+    write_run_json(p.run_dir, name=p.cfg.name, mlflow_run_id=tracker.run_id, status="RUNNING", tracking_uri=uri,
+                   device=str(p.device), **p.roles())
+
+
+# ---------------------------------------------------------------------------------------- run
+def run_experiment(cfg: ExperimentConfig, place: RunPlace | None = None, *, callbacks: Iterable[Callback] = (),
+                   adversarial_set: torch.Tensor | None = None, **where) -> RunOutput:
+    """Train and evaluate one configured run; returns where it is and what it measured.
+
+    ``place`` (or its fields as keywords: ``run_dir=``, ``resume=``, ``tags=``, ...) says who
+    and where the run is (:class:`RunPlace`). ``adversarial_set``: the method's shared training
+    data when the caller already has it (e.g. from Ray's object store). Any exception marks the
+    run FAILED (run.json and MLflow) and re-raises."""
+    if place is not None and where:
+        raise TypeError("give a RunPlace or its fields, not both")
+    place = place or RunPlace(**where)
+    p = prepare(cfg, place, adversarial_set)
+    tracker = open_tracker(p)
+    with tracker:
+        if place.writer:
+            record_start(p, tracker)
+        try:
+            if place.writer and place.resume is False:
+                tracker.log_config(cfg)
+            trainer = make_trainer(p, tracker, callbacks)
+            resume_trainer(trainer, place, p.run_dir)
+            trainer.fit()
+            results = evaluate_and_save(p, tracker, trainer) if place.writer else None
+        except BaseException as exc:
+            if place.writer:
+                write_run_json(p.run_dir, status="FAILED", error=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        if place.writer:
+            write_run_json(p.run_dir, status="FINISHED", train_wall_time_s=trainer.wall_time)
+    return RunOutput(p.run_dir, results, trainer.history, tracker.run_id, trainer.wall_time)

@@ -1,0 +1,56 @@
+"""A finished run again: its trained model, and its evaluation with another grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from rkd.config import load_config
+from rkd.engine import verified_torch_load
+from rkd.evaluation import evaluate, make_results, write_results
+from rkd.experiment.builders import build_datasets, build_model, resolve_device
+from rkd.experiment.pipeline import load_teacher, run_info
+from rkd.experiment.run_dir import read_run_json
+from rkd.tracking import MlflowRun
+
+
+def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """(config, model with the run's final weights, test set) of a finished run directory."""
+    run_dir = Path(run_dir)
+    cfg = load_config(str(run_dir / "config.yaml"))
+    _, test_set, num_classes = build_datasets(cfg.data)
+    model = build_model(cfg, num_classes)
+    model.load_state_dict(verified_torch_load(run_dir / "model.pt"))
+    return cfg, model.to(device).eval(), test_set
+
+
+def evaluate_run(run_dir: str | Path, *, eval_overrides: Iterable[str] = (), eval_config: str | None = None,
+                 track: bool = True) -> dict:
+    """Evaluate a finished run again (e.g. with another grid); results go to its directory and
+    into its MLflow run (reopened)."""
+    run_dir = Path(run_dir)
+    base = load_config(str(run_dir / "config.yaml"))
+    overrides = list(eval_overrides)
+    if eval_config is not None:
+        other = load_config(eval_config)
+        overrides = [f"eval={json.dumps(other.eval.model_dump(mode='json'))}"] + overrides
+    cfg = load_config(str(run_dir / "config.yaml"), overrides) if overrides else base
+    device = resolve_device(cfg.device)
+    _, model, test_set = load_trained_model(run_dir, device)
+    spec = cfg.transfer_source()
+    source, source_run = (load_teacher(spec, device, tracking=cfg.tracking, output_dir=cfg.output_dir)
+                          if spec is not None else (None, None))
+    previous = read_run_json(run_dir)
+    roles = {k: v for k, v in previous.items() if isinstance(v, dict) and "run_dir" in v}
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    with MlflowRun(tracking, run_name=cfg.name, run_id=previous.get("mlflow_run_id")) as tracker:
+        body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size, source=source,
+                        source_label=source_run.cfg.name if source_run is not None else None)
+        results = make_results(body, run=run_info(cfg, run_dir, tracker.run_id, roles),
+                               train_wall_time_s=previous.get("train_wall_time_s"))
+        files = write_results(results, run_dir)
+        tracker.log_results(results, list(files))
+    return results

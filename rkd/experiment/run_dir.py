@@ -1,0 +1,40 @@
+"""A run's directory: a fresh timestamped name, and its ``run.json`` record."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+
+def unique_dir(parent: str | Path, stem: str) -> Path:
+    """``parent/stem-<timestamp>`` (with ``-2``, ``-3`` ... if taken), created empty."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    base = Path(parent) / f"{stem}-{stamp}"
+    path, i = base, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
+
+
+def read_run_json(run_dir: Path) -> dict:
+    p = Path(run_dir) / "run.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def write_run_json(run_dir: Path, **updates) -> None:
+    data = {**read_run_json(run_dir), **updates}
+    (Path(run_dir) / "run.json").write_text(json.dumps(data, indent=1))
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status in ``run.json`` (None when absent or unreadable)."""
+    try:
+        return read_run_json(run_dir).get("status")
+    except json.JSONDecodeError:
+        return None
