@@ -26,11 +26,11 @@ import torch
 
 from rkd.adversarial_cache import build_adversarial_set
 from rkd.config import load_config
+from rkd.config.schema import TrainAttackConfig
 from rkd.data import paired_dataset
 from rkd.engine import Trainer
 from rkd.experiment import build_datasets, build_model
 from rkd.methods import AdversarialTraining, Macd, StandardTraining, freeze
-from rkd.config.schema import TrainAttackConfig
 from rkd.models import create_model, set_input_size
 
 

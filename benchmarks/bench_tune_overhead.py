@@ -51,7 +51,8 @@ def overhead(k: int, epochs: int) -> dict:
     for name, extra in (("tune", []), ("tune_train", ["scaling.num_workers=1"])):
         spaces[name] = tmp / f"{name}.yaml"
         spaces[name].write_text(f"base: base.yaml\noverrides: {json.dumps(over + extra)}\nmetric: clean\n"
-                                f"scheduler: {{name: fifo}}\nsearcher: grid\nparams: {{train.lr: {{grid: {json.dumps(lrs)}}}}}\n")
+                                "scheduler: {name: fifo}\nsearcher: grid\n"
+                                f"params: {{train.lr: {{grid: {json.dumps(lrs)}}}}}\n")
     t0 = time.perf_counter()
     from rkd.orchestration import connect
 
@@ -78,7 +79,8 @@ def empty_fit(tmp: Path) -> tuple[float, float]:
 
     mark = tmp / "empty_started"
     t0 = time.time()
-    TorchTrainer(_note_start, train_loop_config={"t0": t0, "mark": str(mark)}, scaling_config=ScalingConfig(num_workers=1),
+    TorchTrainer(_note_start, train_loop_config={"t0": t0, "mark": str(mark)},
+                 scaling_config=ScalingConfig(num_workers=1),
                  run_config=RunConfig(name="empty", storage_path=str(tmp / "empty"))).fit()
     return time.time() - t0, float(mark.read_text())
 

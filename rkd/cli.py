@@ -11,6 +11,10 @@ import json
 import sys
 
 from rkd.config import ConfigError, list_presets, load_config
+from rkd.config.schema import ExperimentConfig
+
+#: where runs with the default output_dir keep the adversarial cache
+DEFAULT_ADV_CACHE = f"{ExperimentConfig.model_fields['output_dir'].default}/adv_cache"
 
 EPILOG_CONFIG = """\
 CONFIG is a YAML file (see jobs/ and README "Configs") or preset:NAME for a shipped preset
@@ -119,8 +123,9 @@ def _cmd_cache(args) -> int:
             print(f"no entries under {args.root}")
         for e in entries:
             attack = e.get("attack") or {}
+            eps = format_eps(attack["eps"], attack.get("norm", "linf")) if "eps" in attack else None
             print(f"{e['key'][:16]}  {'ok ' if e['valid'] else 'BAD'}  n={e.get('num_samples')}  "
-                  f"{attack.get('norm')} eps={format_eps(attack['eps'], attack.get('norm', 'linf')) if 'eps' in attack else None} "
+                  f"{attack.get('norm')} eps={eps} "
                   f"steps={attack.get('steps')} seed={e.get('seed')}  "
                   f"{(e.get('size_bytes') or 0) / 2**20:.1f} MiB  {e.get('created')}"
                   + ("" if e["valid"] else f"  ({e.get('message')})"))
@@ -223,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--device", default="auto")
     for sp in (cb, csub.add_parser("ls", help="list cached sets"),
                csub.add_parser("verify", help="check every cached file against its checksum")):
-        sp.add_argument("--root", default="runs/adv_cache", help="cache directory (default runs/adv_cache)")
+        sp.add_argument("--root", default=DEFAULT_ADV_CACHE,
+                        help=f"cache directory (default {DEFAULT_ADV_CACHE}: <output_dir>/adv_cache of a run "
+                             "with the default output_dir)")
     csub.choices["verify"].add_argument("key", nargs="?", help="only this entry")
     c.set_defaults(func=_cmd_cache)
 

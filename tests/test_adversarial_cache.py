@@ -11,8 +11,20 @@ import pytest
 import torch
 
 from rkd.adversarial_cache import (
-    CacheCorruptError, CacheIncompleteError, build_adversarial_set, cache_key, cached_adversarial_set,
-    canonical_json, get_or_build, key_parts, load, ls, model_fingerprint, pgd_attack_spec, save, verify,
+    CacheCorruptError,
+    CacheIncompleteError,
+    build_adversarial_set,
+    cache_key,
+    cached_adversarial_set,
+    canonical_json,
+    get_or_build,
+    key_parts,
+    load,
+    ls,
+    model_fingerprint,
+    pgd_attack_spec,
+    save,
+    verify,
 )
 from rkd.adversarial_cache import build as build_mod
 from rkd.data import make_synthetic

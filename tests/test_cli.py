@@ -35,8 +35,8 @@ def test_help_for_every_command(tmp_path):
 def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides, tracking_uri):
     run_dir = tmp_path / "run"
     # --local: in-process, whatever the config's scaling asks for
-    rkd("train", "preset:digits_standard", *tiny_overrides, "scaling.num_workers=2", "--local", "--run-dir", str(run_dir),
-        cwd=tmp_path)
+    rkd("train", "preset:digits_standard", *tiny_overrides, "scaling.num_workers=2", "--local",
+        "--run-dir", str(run_dir), cwd=tmp_path)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["scaling"]["num_workers"] == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["schema"] == "rkd.results/1" and len(results["attacks"]) == 7  # the grid + CW
@@ -88,7 +88,8 @@ def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracki
                "--only", "standard", "adversarial", "teacher_plus", "robust_kd", "defensive_distillation",
                "--output-dir", "q", cwd=tmp_path)  # relative: the Tune trials must resolve it as the driver does
     assert "| standard training |" in proc.stdout and "| adversarial training" in proc.stdout
-    assert "| robust teacher: AT L2 0.5 on digits+ |" in proc.stdout and "| Robust-KD (digits+ -> digits-) |" in proc.stdout
+    assert ("| robust teacher: AT L2 0.5 on digits+ |" in proc.stdout
+            and "| Robust-KD (digits+ -> digits-) |" in proc.stdout)
     assert "## Defensive distillation" in proc.stdout and "JSMA success (probabilities)" in proc.stdout
     assert f"mlflow ui --backend-store-uri {tracking_uri}" in proc.stdout
     teachers = sorted(p.name for p in (tmp_path / "q" / "teachers").iterdir() if p.is_dir())
@@ -146,13 +147,15 @@ def test_macd_chain_end_to_end(tmp_path, tracking_uri):
     common = ("data: {dataset: synthetic, limit_train: 48, limit_test: 24, batch_size: 16, flip: false}\n"
               f"tracking: {{tracking_uri: '{tracking_uri}', log_model: false}}\n"
               f"output_dir: {tmp_path / 'runs'}\n")
-    mae = ("model: {arch: mae_vit_tiny, embed_dim: 16, depth: 1, num_heads: 2, decoder_embed_dim: 8, decoder_num_heads: 2}\n"
+    mae = ("model: {arch: mae_vit_tiny, embed_dim: 16, depth: 1, num_heads: 2, "
+           "decoder_embed_dim: 8, decoder_num_heads: 2}\n"
            "train: {epochs: 1, optimizer: adamw, lr: 1e-3, warmup_epochs: 0, progress: none}\neval: {enabled: false}\n")
     (tmp_path / "mae.yaml").write_text(f"name: mae1\n{common}{mae}method: {{name: mae, stage: reconstruction}}\n")
     (tmp_path / "mae2.yaml").write_text(
         f"name: mae2\n{common}{mae}method: {{name: mae, stage: feature, start_from: {{config: mae.yaml, "
         f"cache_dir: {tmp_path / 'teachers'}}}}}\n".replace("embed_dim: 16,", "embed_dim: 16, fusion: concat_linear,"))
-    net = "model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\ntrain: {epochs: 1, warmup_epochs: 0, progress: none}\n"
+    net = ("model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\n"
+           "train: {epochs: 1, warmup_epochs: 0, progress: none}\n")
     (tmp_path / "std.yaml").write_text(f"name: std\n{common}{net}method: {{name: standard}}\n"
                                        "eval: {attacks: [{kind: fgsm, eps: 8/255}]}\n")
     (tmp_path / "macd.yaml").write_text(

@@ -19,13 +19,15 @@ def write(tmp_path, name, data):
 def test_defaults_are_the_robust_kd_grid():
     cfg = load_config()
     labels = [a.label for a in cfg.eval.attacks]
-    assert labels == ["FGSM 4/255", "FGSM 8/255", "PGD-7 L2 0.25", "PGD-7 L2 0.5", "PGD-7 Linf 4/255", "PGD-7 Linf 8/255"]
+    assert labels == ["FGSM 4/255", "FGSM 8/255", "PGD-7 L2 0.25", "PGD-7 L2 0.5",
+                      "PGD-7 Linf 4/255", "PGD-7 Linf 8/255"]
     assert cfg.train.momentum == 0.9 and cfg.train.weight_decay == pytest.approx(5e-4)
     assert cfg.tracking.tracking_uri is None  # resolved later: env var, else sqlite:///mlflow.db
 
 
 def test_paper_notation_numbers(tmp_path):
-    path = write(tmp_path, "a.yaml", "method:\n  name: adversarial\n  attack:\n    eps: 8/255\ntrain:\n  weight_decay: 5e-4\n")
+    path = write(tmp_path, "a.yaml",
+                 "method:\n  name: adversarial\n  attack:\n    eps: 8/255\ntrain:\n  weight_decay: 5e-4\n")
     cfg = load_config(path)
     assert cfg.method.attack.eps == pytest.approx(8 / 255)
     assert cfg.train.weight_decay == pytest.approx(5e-4)
@@ -91,7 +93,8 @@ def test_trades_defaults_to_eval_mode_and_needs_its_start():
 
 def test_milestones_after_warmup():
     with pytest.raises(ConfigError, match="warm-up"):
-        load_config(None, ["train.epochs=10", "train.warmup_epochs=2", "train.schedule=step", "train.milestones=[2, 5]"])
+        load_config(None, ["train.epochs=10", "train.warmup_epochs=2", "train.schedule=step",
+                           "train.milestones=[2, 5]"])
 
 
 def test_attack_kinds_match_the_attack_registry():
@@ -262,3 +265,28 @@ def test_changing_arch_in_an_overlay_replaces_the_model_section(tmp_path):
     other.write_text(f"base: {base.name}\nmodel: {{arch: wrn16_4}}\n")
     assert load_config(str(same)).model.layers == [1, 1, 1, 1]  # same arch: merged
     assert load_config(str(other)).model.width is None  # new arch: the resnet knobs are gone
+
+
+def test_caches_follow_output_dir():
+    """Teacher, adversarial and transfer caches default to folders under output_dir."""
+    cfg = load_config("preset:digits_macd", ["output_dir=elsewhere"])
+    assert cfg.method.source.cache_dir is None and cfg.method.source.resolved_cache_dir(cfg.output_dir) == \
+        "elsewhere/teachers"
+    assert cfg.adv_cache_dir(cfg.method.cache_dir) == "elsewhere/adv_cache"
+    resolved = cfg.resolved_eval().transfer
+    assert resolved.cache_dir == "elsewhere/adv_cache" and resolved.source == cfg.method.source
+    assert cfg.eval.transfer.cache_dir is None  # the config itself is unchanged
+
+
+def test_identity_leaves_out_what_cannot_change_the_weights():
+    from rkd.config.identity import LOADER, RUN, identity, identity_key
+
+    base = load_config("preset:digits_robust_kd")
+    moved = load_config("preset:digits_robust_kd", ["output_dir=x", "device=cpu", "eval.max_samples=5",
+                                                    "tracking.enabled=false", "train.progress=none",
+                                                    "method.teacher.cache_dir=/tmp/t"])
+    assert identity_key(base) == identity_key(moved)
+    assert identity_key(base) != identity_key(load_config("preset:digits_robust_kd", ["method.beta=1"]))
+    assert identity_key(base) != identity_key(load_config("preset:digits_robust_kd", ["data.batch_size=17"]))
+    data = identity(base.data, (RUN, LOADER))
+    assert "batch_size" not in data and "augment" not in data and "half" in data

@@ -210,7 +210,7 @@ def test_imagenet32_npz_format(tmp_path):
     assert ds.num_classes == 1000
     rows1, labels1 = written[1]
     rows2, labels2 = written[2]
-    assert ds.labels.tolist() == [l - 1 for l in labels1 + labels2]  # 1-based -> 0-based
+    assert ds.labels.tolist() == [lab - 1 for lab in labels1 + labels2]  # 1-based -> 0-based
     assert ds.labels[0] == 999
     # channel-planar decoding: green (channel 1) at row 10, col 20 of sample 0
     assert ds.images[0, 1, 10, 20] == 250
@@ -228,8 +228,8 @@ def test_imagenet32_subdirs_batches_and_class_subset(tmp_path):
     assert sub.num_classes == 2 and sorted(sub.labels.tolist()) == [0, 1]
     assert sub.labels.tolist() == [1, 0]  # file order kept; classes[0] -> 0
     few = load_imagenet32(tmp_path, train=True, max_classes=30)
-    assert few.num_classes == 30 and all(0 <= l < 30 for l in few.labels.tolist())
-    assert len(few) == sum(1 for l in labels0 if l < 30)
+    assert few.num_classes == 30 and all(0 <= lab < 30 for lab in few.labels.tolist())
+    assert len(few) == sum(1 for lab in labels0 if lab < 30)
     with pytest.raises(DatasetNotFoundError) as e:
         load_imagenet32(tmp_path, train=True, train_batches=[3, 4])
     assert "train_data_batch_4.npz" in str(e.value)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from mlflow import MlflowClient
 
 from rkd.config import load_config
@@ -174,3 +173,93 @@ def test_a_method_without_logits_trains_and_reports_no_accuracy():
                 batch_size=16)
     hist = t.fit()
     assert "train_acc" not in hist[0] and hist[1]["train_recon"] < hist[0]["train_recon"]
+
+
+# ------------------------------------------------------- states that crash a CUDA resume (CPU-built)
+def _tiny_trainer():
+    from rkd.config.schema import TrainConfig
+    from rkd.data import make_synthetic
+    from rkd.engine import Trainer
+    from rkd.methods import StandardTraining
+    from rkd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, width=4, layers=[1, 1, 1, 1])
+    data = make_synthetic(True, n_train=16, seed=0)
+    return Trainer(StandardTraining(model), data, TrainConfig(epochs=1, warmup_epochs=0, progress="none"),
+                   batch_size=8)
+
+
+def test_resume_with_amp_from_a_checkpoint_without_scaler_state(tmp_path):
+    """A CPU / AMP-off checkpoint stores an empty scaler state; an AMP run resuming it keeps its
+    fresh scaler instead of raising (GradScaler.load_state_dict({}) is a RuntimeError)."""
+    t = _tiny_trainer()
+    t.fit()
+    path = t.save_checkpoint(tmp_path / "ckpt.pt")
+    resumed = _tiny_trainer()
+    resumed.scaler = torch.amp.GradScaler("cpu", enabled=True)  # what amp: true gets on CUDA
+    assert resumed.scaler.state_dict() and not t.scaler.state_dict()
+    resumed.resume(path)
+    assert resumed.scaler.is_enabled() and resumed.start_epoch == 1
+
+
+def test_cuda_rng_state_of_more_devices_than_this_process_sees(monkeypatch):
+    """A checkpoint saved by a process that saw 4 GPUs, resumed where 1 is visible: device 0's
+    state is restored, the others are dropped (set_rng_state_all would raise IndexError)."""
+    from rkd.engine import checkpoint
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, s)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: (_ for _ in ()).throw(IndexError()))
+    state = {**checkpoint.get_rng_state(), "cuda": [torch.full((4,), i, dtype=torch.uint8) for i in range(4)]}
+    checkpoint.set_rng_state(state)
+    assert [d for d, _ in restored] == [0] and torch.equal(restored[0][1], state["cuda"][0])
+
+
+def _reduce_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from rkd.engine.distributed import average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    used, unused_here, unused_everywhere = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+    used.grad = torch.full((3,), float(rank + 1))
+    if rank == 0:  # a parameter only rank 0's forward used
+        unused_here.grad = torch.full((3,), 4.0)
+    average_gradients([used, unused_here, unused_everywhere], world)
+    torch.save({"used": used.grad, "unused_here": unused_here.grad, "none": unused_everywhere.grad},
+               f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_gradient_all_reduce_with_a_parameter_unused_on_one_rank(tmp_path):
+    """Rank 1 has no gradient for a parameter rank 0 used: both ranks still send the same sizes
+    (gloo would abort, NCCL hang) and end with the same mean gradient; a parameter no rank used
+    keeps grad None."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"out.{r}") for r in range(2)]
+    for g in got:
+        assert torch.equal(g["used"], torch.full((3,), 1.5))
+        assert torch.equal(g["unused_here"], torch.full((3,), 2.0))  # (4 + 0) / 2, as DDP averages
+        assert g["none"] is None
+
+
+def test_random_projections_drawn_on_the_generator_device(monkeypatch):
+    """A CPU generator with features on another device (CUDA; meta stands in for it here, and
+    torch.randn records where it was asked to draw): the draw happens on the generator's device
+    (torch refuses a CPU generator for a CUDA tensor), the result lands on the features'."""
+    from rkd.losses import jacobian
+
+    asked, real_randn = [], torch.randn
+    monkeypatch.setattr(jacobian.torch, "randn", lambda *a, **k: asked.append(k["device"]) or real_randn(*a, **k))
+    feats = torch.empty(2, 3, 4, device="meta")
+    v = jacobian.random_unit_like(feats, torch.Generator().manual_seed(0))
+    assert [torch.device(d).type for d in asked] == ["cpu"]
+    assert v.device.type == "meta" and v.shape == feats.shape
+    random_unit_like = jacobian.random_unit_like
+    on_cpu = random_unit_like(torch.empty(2, 3, 4), torch.Generator().manual_seed(0))
+    assert torch.allclose(on_cpu.flatten(1).norm(dim=1), torch.ones(2))

@@ -10,8 +10,15 @@ from torch import nn
 
 from rkd.config import load_config
 from rkd.data import make_synthetic
-from rkd.evaluation import (comparison_table, distillation_table, evaluate, make_results, read_results,
-                            results_markdown, write_results)
+from rkd.evaluation import (
+    comparison_table,
+    distillation_table,
+    evaluate,
+    make_results,
+    read_results,
+    results_markdown,
+    write_results,
+)
 
 
 def _trained_linear(train):
@@ -216,8 +223,8 @@ def test_saturated_softmax_zeroes_input_gradient_and_probability_jsma(small_setu
 
 def test_distillation_table_and_markdown(tmp_path, small_setup):
     model, test = small_setup
-    cfg = load_config(None, ["eval.attacks=[{kind: fgsm, eps: 8/255}, {kind: cw, steps: 3}]", "eval.input_gradient=true",
-                             "eval.jsma={max_samples: 10}"]).eval
+    cfg = load_config(None, ["eval.attacks=[{kind: fgsm, eps: 8/255}, {kind: cw, steps: 3}]",
+                             "eval.input_gradient=true", "eval.jsma={max_samples: 10}"]).eval
     res = make_results(evaluate(model, test, cfg, device="cpu"), run={"name": "d", "method": "distill"},
                        train_wall_time_s=None)
     js, _ = write_results(res, tmp_path)

@@ -71,7 +71,8 @@ def test_teachers_are_l2_adversarially_trained():
 
 def test_table1_robust_kd_rows():
     full = _load("jobs/cifar10/robust_kd.yaml").method
-    assert (full.beta, full.gamma, full.stages, full.feature_distance, full.n_proj) == (50, 5e3, [1, 2, 3, 4], "cosine", 1)
+    assert ((full.beta, full.gamma, full.stages, full.feature_distance, full.n_proj)
+            == (50, 5e3, [1, 2, 3, 4], "cosine", 1))
     assert full.teacher.config == "jobs/teachers/imagenet32.yaml" and full.init == "teacher"
     assert _load("jobs/cifar10/robust_kd_no_fm.yaml").method.beta == 0
     assert _load("jobs/cifar10/robust_kd_no_jacobian.yaml").method.gamma == 0

@@ -102,7 +102,8 @@ def _macd_chain(tmp_path, tracking_uri):
     (tmp_path / "mae.yaml").write_text(f"name: mae1\n{common}{mae}method: {{name: mae}}\n")
     (tmp_path / "mae2.yaml").write_text(f"name: mae2\n{common}{mae}method: {{name: mae, stage: feature, "
                                         f"start_from: {{config: {tmp_path / 'mae.yaml'}, cache_dir: {teachers}}}}}\n")
-    net = "model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\ntrain: {epochs: 2, warmup_epochs: 0, progress: none}\n"
+    net = ("model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\n"
+           "train: {epochs: 2, warmup_epochs: 0, progress: none}\n")
     (tmp_path / "std.yaml").write_text(f"name: std\n{common}{net}method: {{name: standard}}\n")
     (tmp_path / "macd.yaml").write_text(
         f"name: macd\n{common}{net}method: {{name: macd, teacher: {{config: {tmp_path / 'mae2.yaml'}, "
@@ -125,7 +126,8 @@ def test_sweep_nested_runs_and_one_adversarial_set_for_all_trials(ray_cluster, t
     assert len(entries) == 1  # built once, by the driver
     client = MlflowClient(tracking_uri)
     parent = client.get_run(summary["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.metrics["best_objective"] == summary["best"]["metrics"]["objective"]
+    assert (parent.info.status == "FINISHED"
+            and parent.data.metrics["best_objective"] == summary["best"]["metrics"]["objective"])
     exp = client.get_experiment_by_name("sweeps").experiment_id
     trials = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
                                                      "and tags.`rkd.sweep` = 's1'")
@@ -150,7 +152,8 @@ def test_interrupted_sweep_resumes_only_the_remaining_trials(ray_cluster, tmp_pa
     space.write_text("base: base.yaml\nmetric: clean\nscheduler: {name: fifo}\nsearcher: grid\n"
                      "params: {train.lr: {grid: [0.01, 0.02, 0.03, 0.04]}}\n")
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
-    proc = subprocess.Popen([sys.executable, "-m", "rkd.cli", "tune", str(space), "--name", "s2", "--max-concurrent", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "rkd.cli", "tune", str(space), "--name", "s2",
+                             "--max-concurrent", "1"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     runs_dir = Path(over["output_dir"]) / "s2"
@@ -202,7 +205,8 @@ def _tiny_base(path, tracking_uri, epochs, extra=""):
     path.write_text(
         "data: {dataset: synthetic, limit_train: 64, limit_test: 32, batch_size: 16}\n"
         "model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\n"
-        f"train: {{epochs: {epochs}, warmup_epochs: 0, progress: none}}\neval: {{attacks: [{{kind: fgsm, eps: 8/255}}]}}\n"
+        f"train: {{epochs: {epochs}, warmup_epochs: 0, progress: none}}\n"
+        "eval: {attacks: [{kind: fgsm, eps: 8/255}]}\n"
         f"output_dir: {path.parent / 'runs'}\ntracking: {{tracking_uri: '{tracking_uri}', log_model: false}}\n{extra}")
 
 

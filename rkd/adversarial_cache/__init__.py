@@ -17,15 +17,29 @@ every epoch; this package makes that set a reproducible artefact::
 """
 
 from .build import (
-    build_adversarial_set, cached_adversarial_set, cached_attack_set, pgd_attack_spec, run_attack_over, untransformed,
+    build_adversarial_set,
+    cached_adversarial_set,
+    cached_attack_set,
+    pgd_attack_spec,
+    run_attack_over,
+    untransformed,
 )
 from .key import FORMAT_VERSION, cache_key, canonical_json, is_key, key_from_parts, key_parts, model_fingerprint
 from .store import (
-    CacheCorruptError, CacheIncompleteError, entry_dir, get_or_build, load, ls, move_aside, save, verify,
+    CacheCorruptError,
+    CacheIncompleteError,
+    entry_dir,
+    get_or_build,
+    load,
+    ls,
+    move_aside,
+    save,
+    verify,
 )
 
 __all__ = [
     "FORMAT_VERSION", "cache_key", "canonical_json", "is_key", "key_from_parts", "key_parts", "model_fingerprint",
     "CacheCorruptError", "CacheIncompleteError", "entry_dir", "get_or_build", "load", "ls", "move_aside", "save",
-    "verify", "build_adversarial_set", "cached_adversarial_set", "cached_attack_set", "run_attack_over", "pgd_attack_spec", "untransformed",
+    "verify", "build_adversarial_set", "cached_adversarial_set", "cached_attack_set", "run_attack_over",
+    "pgd_attack_spec", "untransformed",
 ]

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from rkd.attacks import PGDAttack, pgd
 from rkd.data.loader import make_loader
 
-from .key import key_parts, key_from_parts
+from .key import key_from_parts, key_parts
 from .store import PathLike, get_or_build
 
 __all__ = ["pgd_attack_spec", "build_adversarial_set", "cached_adversarial_set", "cached_attack_set",

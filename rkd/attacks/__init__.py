@@ -23,10 +23,10 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from . import torchattacks_wrappers as _ta
 from .jsma import jsma, jsma_success_rate
 from .pgd import PGDAttack, default_step_size, fgsm, mifgsm, pgd
 from .steps import STEPS, AttackStep, L2Step, LinfStep, get_step_class
-from . import torchattacks_wrappers as _ta
 
 __all__ = [
     "pgd", "fgsm", "mifgsm", "PGDAttack", "default_step_size",

@@ -92,7 +92,8 @@ class ModelConfig(Strict):
         "paper's models on 32x32 CIFAR; attacks and eps stay in the data's pixel space")
     # ViT / MAE teacher knobs (mae_vit_*; 'depth' is the encoder depth)
     img_size: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="MAE: input side it patchifies")
-    patch_size: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="MAE: patch side (the teacher's patch1)")
+    patch_size: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="MAE: patch side (the teacher's patch1)")
     embed_dim: Optional[Annotated[int, Field(gt=0)]] = None
     num_heads: Optional[Annotated[int, Field(gt=0)]] = None
     decoder_embed_dim: Optional[Annotated[int, Field(gt=0)]] = None
@@ -255,7 +256,8 @@ class TeacherConfig(Strict):
     @model_validator(mode="after")
     def _one_source(self):
         if (self.run_dir is None) == (self.config is None):
-            raise ValueError("give exactly one of teacher.run_dir (a finished run) or teacher.config (trained once, cached)")
+            raise ValueError("give exactly one of teacher.run_dir (a finished run) or teacher.config "
+                             "(trained once, cached)")
         if self.overrides and self.config is None:
             raise ValueError("teacher.overrides apply to teacher.config only")
         return self  # the teacher's own config is loaded and checked by rkd.config.checks
@@ -318,7 +320,8 @@ class TrainConfig(Strict):
         if self.warmup_epochs >= self.epochs:
             raise ValueError("train.warmup_epochs must be smaller than train.epochs")
         if any(m <= self.warmup_epochs for m in self.milestones):
-            raise ValueError(f"train.milestones {self.milestones} must come after the warm-up ({self.warmup_epochs} epochs)")
+            raise ValueError(f"train.milestones {self.milestones} must come after the warm-up "
+                             f"({self.warmup_epochs} epochs)")
         if self.nesterov and self.optimizer != "sgd":
             raise ValueError("nesterov applies to optimizer 'sgd' only")
         return self
@@ -418,7 +421,9 @@ class EvalConfig(Strict):
     input_gradient: bool = Field(
         False, description="mean L1/L2 norm of the input gradient of the CE loss (at T = 1) over the test subset"
     )
-    transfer: Optional[TransferEvalConfig] = Field(None, description="MACD's transfer protocol, next to the white-box grid")
+    transfer: Optional[TransferEvalConfig] = Field(
+        None, description="MACD's transfer protocol, next to the white-box grid"
+    )
     max_samples: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="evaluate on the first N test samples (deterministic); None = all"
     )
@@ -516,3 +521,12 @@ class ExperimentConfig(Strict):
 
     def adv_cache_dir(self, cache_dir: str | None) -> str:
         return cache_dir if cache_dir is not None else f"{self.output_dir}/adv_cache"
+
+    def resolved_eval(self) -> EvalConfig:
+        """The eval section with its defaults that depend on the run filled in: the transfer
+        protocol's source (the method's own by default) and cache folder."""
+        t = self.eval.transfer
+        if t is None:
+            return self.eval
+        t = t.model_copy(update={"source": self.transfer_source(), "cache_dir": self.adv_cache_dir(t.cache_dir)})
+        return self.eval.model_copy(update={"transfer": t})

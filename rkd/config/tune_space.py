@@ -224,7 +224,8 @@ def load_space(path: str | Path) -> LoadedSpace:
         problems.append(("scheduler", "ASHA stops trials on a per-epoch metric; transfer metrics are measured at "
                                       "the end only: use scheduler {name: fifo}"))
     if spec.scheduler.max_t is not None and spec.scheduler.max_t > base.train.epochs:
-        problems.append(("scheduler.max_t", f"{spec.scheduler.max_t} exceeds the base config's {base.train.epochs} epochs"))
+        problems.append(("scheduler.max_t",
+                         f"{spec.scheduler.max_t} exceeds the base config's {base.train.epochs} epochs"))
     if problems:
         raise ConfigError(path, problems)
     return LoadedSpace(path, spec, params, base_source, base)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 
-
 class Callback:
     def on_fit_start(self, trainer) -> None: ...
     def on_epoch_start(self, trainer, epoch: int) -> None: ...

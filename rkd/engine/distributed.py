@@ -64,19 +64,31 @@ class GradientAllReduce(Callback):
     def on_after_backward(self, trainer):
         if not _active():
             return
-        world = dist.get_world_size()
-        grads = [p.grad for p in trainer.method.trainable_parameters() if p.grad is not None]
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for g in grads:
-            by_dtype.setdefault(g.dtype, []).append(g)
-        for group in by_dtype.values():
-            flat = torch.cat([g.reshape(-1) for g in group])
-            dist.all_reduce(flat)
-            flat /= world
-            offset = 0
-            for g in group:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
+        average_gradients(list(trainer.method.trainable_parameters()), dist.get_world_size())
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """All-reduce the mean gradient of ``params``. Every rank sends the same sizes: a parameter
+    without a gradient on this rank (unused in its forward) contributes zeros, and a count of
+    the ranks that had one travels along; a parameter no rank used keeps ``grad = None``."""
+    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for p in params:
+        by_dtype.setdefault(p.dtype, []).append(p)
+    for group in by_dtype.values():
+        had = torch.tensor([p.grad is not None for p in group], dtype=group[0].dtype, device=group[0].device)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group] + [had])
+        dist.all_reduce(flat)
+        flat[: -len(group)] /= world
+        offset = 0
+        for p, count in zip(group, flat[-len(group):].tolist()):
+            piece = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if count == 0:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = piece.clone()
+            else:
+                p.grad.copy_(piece)
 
 
 def _active() -> bool:

@@ -8,7 +8,6 @@ a Ray Train worker (given a distributed sampler and a wrapped method) or inside 
 from __future__ import annotations
 
 import math
-
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -58,7 +57,8 @@ class Trainer:
         self.optimizer = build_optimizer(method.trainable_parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
         use_amp = bool(cfg.amp)
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
+        self.autocast = (torch.autocast(self.device.type,
+                                        dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
                          if use_amp else nullcontext())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and self.device.type == "cuda")
         self.start_epoch = 0
@@ -90,7 +90,8 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not fit this model/method: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state.get("scaler") and self.scaler.is_enabled():  # a CPU or AMP-off run saved an empty state
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.history = list(state["history"])

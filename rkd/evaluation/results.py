@@ -101,7 +101,8 @@ def comparison_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in rows:
         acc = {(a["name"], a["protocol"]): a["accuracy"] for a in r["attacks"]}
-        cells = [label, _pct(r["clean_accuracy"])] + [_pct(acc.get(c)) for c in cols] + [_time(r.get("train_wall_time_s"))]
+        cells = ([label, _pct(r["clean_accuracy"])] + [_pct(acc.get(c)) for c in cols]
+                 + [_time(r.get("train_wall_time_s"))])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

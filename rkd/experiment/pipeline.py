@@ -206,7 +206,8 @@ def make_trainer(p: Prepared, tracker: MlflowRun, callbacks: Iterable[Callback])
         device=p.device, seed=cfg.seed, num_workers=cfg.data.num_workers, rank=place.rank, sampler=sampler,
         eval_fn=epoch_eval_fn(cfg, p.test_set, p.device),
         callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(p.run_dir / "history.json"),
-                   CheckpointCallback(p.run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints),
+                   CheckpointCallback(p.run_dir / "checkpoints", cfg.train.checkpoint_every,
+                                      cfg.train.keep_checkpoints),
                    tracker.callback(), *extra, *callbacks],
     )
 
@@ -241,8 +242,9 @@ def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict
     results = None
     if cfg.eval.enabled:
         source = p.transfer_source()
-        body = evaluate(model, p.test_set, cfg.eval, device=p.device, batch_size=cfg.data.eval_batch_size,
-                        source=source and source.module, source_label=source and source.run.cfg.name)
+        body = evaluate(model, p.test_set, cfg.resolved_eval(), device=p.device,
+                        batch_size=cfg.data.eval_batch_size, source=source and source.module,
+                        source_label=source and source.run.cfg.name)
         results = make_results(body, run=run_info(cfg, p.run_dir, tracker.run_id, p.roles()),
                                train_wall_time_s=trainer.wall_time)
         tracker.log_results(results, list(write_results(results, p.run_dir)))

@@ -47,8 +47,8 @@ def evaluate_run(run_dir: str | Path, *, eval_overrides: Iterable[str] = (), eva
     roles = {k: v for k, v in previous.items() if isinstance(v, dict) and "run_dir" in v}
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     with MlflowRun(tracking, run_name=cfg.name, run_id=previous.get("mlflow_run_id")) as tracker:
-        body = evaluate(model, test_set, cfg.eval, device=device, batch_size=cfg.data.eval_batch_size, source=source,
-                        source_label=source_run.cfg.name if source_run is not None else None)
+        body = evaluate(model, test_set, cfg.resolved_eval(), device=device, batch_size=cfg.data.eval_batch_size,
+                        source=source, source_label=source_run.cfg.name if source_run is not None else None)
         results = make_results(body, run=run_info(cfg, run_dir, tracker.run_id, roles),
                                train_wall_time_s=previous.get("train_wall_time_s"))
         files = write_results(results, run_dir)

@@ -44,5 +44,6 @@ def feature_map_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Te
 
     The teacher's maps are detached here (a teacher is a fixed target)."""
     if len(student) != len(teacher) or not student:
-        raise ValueError(f"need the same, non-zero number of student and teacher maps ({len(student)} vs {len(teacher)})")
+        raise ValueError("need the same, non-zero number of student and teacher maps "
+                         f"({len(student)} vs {len(teacher)})")
     return sum(feature_distance(s, t.detach(), kind).mean() for s, t in zip(student, teacher))

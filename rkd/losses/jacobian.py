@@ -47,7 +47,9 @@ PROJECTION_REDUCTIONS = ("mean", "sum")
 def random_unit_like(f: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Gaussian tensor of ``f``'s shape, scaled so that each sample (dim 0) has unit L2 norm:
     uniformly distributed on the unit sphere of one sample's map."""
-    v = torch.randn(f.shape, dtype=f.dtype, device=f.device, generator=generator)
+    # drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), then moved
+    device = generator.device if generator is not None else f.device
+    v = torch.randn(f.shape, dtype=f.dtype, device=device, generator=generator).to(f.device)
     return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (f.dim() - 1)))
 
 
@@ -76,7 +78,8 @@ def jacobian_projection_loss(x: torch.Tensor, student: Sequence[torch.Tensor], t
     if not x.requires_grad:
         raise ValueError("x must require grad: run both networks on x.requires_grad_(True)")
     if len(student) != len(teacher) or not student:
-        raise ValueError(f"need the same, non-zero number of student and teacher maps ({len(student)} vs {len(teacher)})")
+        raise ValueError("need the same, non-zero number of student and teacher maps "
+                         f"({len(student)} vs {len(teacher)})")
     for s, t in zip(student, teacher):
         if s.shape != t.shape:
             raise ValueError(f"feature maps differ in shape: student {tuple(s.shape)} vs teacher {tuple(t.shape)}")

@@ -73,7 +73,8 @@ class Method(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not self._is_frozen_key(k)]
         if missing or unexpected:
-            raise KeyError(f"state does not match method {self.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise KeyError(f"state does not match method {self.name}: "
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -68,7 +68,8 @@ class MacdMethod(DistillationConfig):
     attack: OneTimeAttackConfig = Field(default_factory=OneTimeAttackConfig)
     cache_dir: Annotated[Optional[str], NotInKey(RUN)] = Field(
         None, description="the on-disk adversarial cache; default <output_dir>/adv_cache")
-    teacher_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(0.75, description="ratio1 (patch1 = the MAE's patch size)")
+    teacher_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(
+        0.75, description="ratio1 (patch1 = the MAE's patch size)")
     student_patch: Annotated[int, Field(ge=1)] = Field(
         8, description="patch2, in pixels of the student's input (model.input_size when set, else the data's)")
     student_mask_ratio: Annotated[Number, Field(ge=0, lt=1)] = Field(0.7, description="ratio2")
@@ -165,7 +166,8 @@ class Macd(Method):
         clean, adv = self.split(x)
         if self.masking:
             if self.mask_size is not None and clean.shape[-1] != self.mask_size:
-                clean = F.interpolate(clean, size=(self.mask_size, self.mask_size), mode="bilinear", align_corners=False)
+                clean = F.interpolate(clean, size=(self.mask_size, self.mask_size), mode="bilinear",
+                                      align_corners=False)
             clean, _ = random_patch_mask(clean, self.student_patch, self.student_mask_ratio)
         feats = self.model.forward_features(clean)
         s = self.model.forward_head(feats, pre_logits=True)

@@ -17,8 +17,8 @@ from rkd.config.methods import MethodConfig
 from rkd.config.numbers import Number
 from rkd.config.schema import TeacherConfig
 from rkd.methods.base import Method, StepOutput
-from rkd.models.modes import evaluation_mode
 from rkd.methods.registry import MethodSpec, register_method
+from rkd.models.modes import evaluation_mode
 
 
 class MaeMethod(MethodConfig):

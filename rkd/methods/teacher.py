@@ -42,7 +42,8 @@ def check_stage_shapes(student: nn.Module, teacher: nn.Module, stages: Sequence[
             raise TypeError(f"the {name} ({type(m).__name__}) has no feature taps (forward_intermediates)")
     for i in stages:
         if i > min(student.num_stages, teacher.num_stages):
-            raise ValueError(f"stage {i} does not exist: student has {student.num_stages}, teacher {teacher.num_stages}")
+            raise ValueError(f"stage {i} does not exist: "
+                             f"student has {student.num_stages}, teacher {teacher.num_stages}")
         cs, ct = student.stage_channels[i - 1], teacher.stage_channels[i - 1]
         if cs != ct:
             raise ValueError(f"stage {i}: student has {cs} channels, teacher {ct}; use the teacher's architecture")

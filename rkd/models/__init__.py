@@ -19,13 +19,12 @@ Extending: write ``rkd/models/<family>.py``, decorate constructors with
 """
 
 from .base import FeatureModel
+from .mae import FeatureLearningModule, MAETeacher, MaskedAutoencoderViT, mae_vit_base_patch16, mae_vit_tiny
 from .normalize import NORMALIZATION_STATS, InputNormalize, get_normalization, resolve_stats, set_input_size
 from .registry import create_model, get_model_fn, is_model, list_models, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101
 from .torchvision_adapters import TorchvisionResNetAdapter, tv_resnet50, tv_wide_resnet50_2
 from .wide_resnet import WideResNet, wide_resnet, wrn16_4, wrn28_10, wrn34_10
-
-from .mae import FeatureLearningModule, MAETeacher, MaskedAutoencoderViT, mae_vit_base_patch16, mae_vit_tiny
 
 __all__ = [
     "BasicBlock",

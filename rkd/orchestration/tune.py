@@ -273,7 +273,8 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
                                         max_concurrent_trials=max_concurrent(
                                             base, max_concurrent_trials or space.spec.max_concurrent_trials)),
             run_config=tune.RunConfig(name=sweep, storage_path=str(root), callbacks=[_TrialEnd(base.tracking)],
-                                      failure_config=tune.FailureConfig(max_failures=max(0, base.scaling.max_failures))),
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=max(0, base.scaling.max_failures))),
         )
     grid = tuner.fit()
     trials = []
