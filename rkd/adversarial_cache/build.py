@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from rkd.attacks import PGDAttack, pgd
 from rkd.data.loader import make_loader
+from rkd.models.modes import evaluation_mode
 
 from .key import key_from_parts, key_parts
 from .store import PathLike, get_or_build
@@ -109,21 +110,19 @@ def run_attack_over(model: nn.Module, dataset: Dataset, attack: Callable, seed: 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
     loader = make_loader(untransformed(dataset), int(batch_size), shuffle=False)
-    was_training = model.training
     cpu_state = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     advs, labels = [], []
     try:
-        model.eval()
-        torch.manual_seed(int(seed))
-        for x, y in loader:
-            x = x.to(device=device, dtype=torch.float32)
-            y = torch.as_tensor(y).to(device)
-            x_adv = attack(model, x, y)
-            advs.append(x_adv.detach().to("cpu", torch.float32))
-            labels.append(y.detach().to("cpu", torch.int64))
+        with evaluation_mode(model):
+            torch.manual_seed(int(seed))
+            for x, y in loader:
+                x = x.to(device=device, dtype=torch.float32)
+                y = torch.as_tensor(y).to(device)
+                x_adv = attack(model, x, y)
+                advs.append(x_adv.detach().to("cpu", torch.float32))
+                labels.append(y.detach().to("cpu", torch.int64))
     finally:
-        model.train(was_training)
         torch.set_rng_state(cpu_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from rkd.config.schema import ATTACK_KINDS
+
 from . import torchattacks_wrappers as _ta
 from .jsma import jsma, jsma_success_rate
 from .pgd import PGDAttack, default_step_size, fgsm, mifgsm, pgd
@@ -51,8 +53,9 @@ _ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
     "square": _ta.square,
 }
 
-#: Valid ``kind`` values of :func:`build_attack`.
-ATTACK_KINDS: tuple[str, ...] = tuple(_ATTACKS)
+# the config schema owns the list of kinds; every kind it accepts has a builder here
+if set(_ATTACKS) != set(ATTACK_KINDS):  # pragma: no cover - a kind added on one side only
+    raise ImportError(f"attack kinds of the schema {ATTACK_KINDS} and of rkd.attacks {tuple(_ATTACKS)} differ")
 
 # Parameters accepted by each kind (checked when the attack is built, not when it first runs).
 _PARAMS: dict[str, inspect.Signature] = {

@@ -128,7 +128,7 @@ def jsma(
     x: torch.Tensor,
     target: torch.Tensor,
     theta: float = 1.0,
-    gamma: float = 0.1,
+    gamma: float = 0.145,
     batch_chunk: int = 16,
     *,
     clip_min: float = 0.0,

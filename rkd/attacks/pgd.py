@@ -222,7 +222,7 @@ def mifgsm(
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float,
-    steps: int = 10,
+    steps: int = 7,
     decay: float = 1.0,
     *,
     targeted: bool = False,
@@ -252,7 +252,7 @@ class PGDAttack:
 
     norm: str = "linf"
     eps: float = 8 / 255
-    steps: int = 10
+    steps: int = 7
     step_size: Optional[float] = None
     random_start: bool = True
     restarts: int = 1

@@ -34,6 +34,7 @@ from rkd.attacks.jsma import jsma_success_rate
 from rkd.config.numbers import format_eps
 from rkd.config.schema import AttackConfig, EvalConfig
 from rkd.data.loader import make_loader
+from rkd.models.modes import evaluation_mode
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,11 +53,9 @@ def eval_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
 def accuracy(model: nn.Module, loader: DataLoader, device, attack: AttackFn | None = None) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on ``loader``; with ``attack``, the fraction
     of samples classified correctly both clean and on ``attack(model, x, y)``."""
-    was_training = model.training
-    model.eval()
     correct = torch.zeros((), device=device)
     total = 0
-    try:
+    with evaluation_mode(model):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             with torch.no_grad():
@@ -67,8 +66,6 @@ def accuracy(model: nn.Module, loader: DataLoader, device, attack: AttackFn | No
                     ok &= model(x_adv).argmax(1) == y
             correct += ok.sum()
             total += y.shape[0]
-    finally:
-        model.train(was_training)
     return correct.item() / max(total, 1)
 
 
@@ -138,10 +135,8 @@ def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source
 
     tc = cfg.transfer
     clean_loader = make_loader(data, batch_size)
-    was_training = model.training
-    model.eval()
     entries = []
-    try:
+    with evaluation_mode(model):
         with torch.no_grad():
             clean_ok = torch.cat([(model(x.to(device)).argmax(1) == y.to(device)).cpu() for x, y in clean_loader])
         for a in tc.attacks:
@@ -157,8 +152,6 @@ def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source
             acc = (torch.cat(ok) & clean_ok).float().mean().item()
             entries.append(attack_entry(a, acc, time.perf_counter() - t0, protocol="transfer", source=source_label,
                                         params={"attack": a.kind, **params}))
-    finally:
-        model.train(was_training)
     return entries
 
 
@@ -204,9 +197,7 @@ def jsma_eval(model: nn.Module, data: Dataset, cfg: EvalConfig, device, num_clas
     inflate the rate); every saliency attacks the same samples with the same targets.
     """
     jc = cfg.jsma
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         xs, ys = [], []
         for x, y in make_loader(eval_subset(data, jc.max_samples), batch_size):
             x, y = x.to(device), y.to(device)
@@ -229,8 +220,6 @@ def jsma_eval(model: nn.Module, data: Dataset, cfg: EvalConfig, device, num_clas
                 "mean_changed_fraction": None if math.isnan(frac) else frac,  # NaN: no successful pair
                 "wall_time_s": time.perf_counter() - t0,
             })
-    finally:
-        model.train(was_training)
     return entries
 
 
@@ -246,12 +235,10 @@ def input_gradient_stats(model: nn.Module, loader: DataLoader, device) -> dict:
     batch so each sample's gradient is that of its own loss; norms are accumulated in float64.
     Parameter ``.grad`` is untouched (``torch.autograd.grad``).
     """
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # l2, l1, linf, zero count
     l2_norms = []
     total = 0
-    try:
+    with evaluation_mode(model):
         for x, y in loader:
             x, y = x.to(device).detach().requires_grad_(True), y.to(device)
             with torch.enable_grad():
@@ -262,8 +249,6 @@ def input_gradient_stats(model: nn.Module, loader: DataLoader, device) -> dict:
             sums += torch.stack([g.norm(dim=1).sum(), g.abs().sum(), g.abs().amax(dim=1).sum(),
                                  (g == 0).all(dim=1).sum().double()])
             total += y.shape[0]
-    finally:
-        model.train(was_training)
     l2, l1, linf, zeros = (v / max(total, 1) for v in sums.tolist())
     median = torch.cat(l2_norms).median().item() if l2_norms else 0.0
     return {"l2_mean": l2, "l2_median": median, "l1_mean": l1, "linf_mean": linf, "zero_fraction": zeros,
