@@ -94,7 +94,7 @@ def build_attack(kind: str, **params: Any) -> BuiltAttack:
     * ``"fgsm"``: ``eps`` (Linf), ``targeted``.
     * ``"pgd"``: ``norm`` ("linf"/"l2"), ``eps``, ``steps``, ``step_size`` (default
       2.5*eps/steps), ``random_start``, ``restarts``, ``momentum``, ``targeted``.
-    * ``"mifgsm"``: ``eps``, ``steps`` (10), ``decay`` (1.0), ``targeted``.
+    * ``"mifgsm"``: ``eps``, ``steps`` (7), ``decay`` (1.0), ``targeted``.
     * ``"cw"``: ``c``, ``kappa``, ``steps``, ``lr``.
     * ``"autoattack"``: ``norm``, ``eps``, ``n_classes``, ``version``, ``seed``.
     * ``"jitter"``: ``eps``, ``steps``, ``alpha``, ``scale``, ``std``, ``random_start``, ``seed``.

@@ -144,8 +144,9 @@ def jsma(
         x: clean inputs ``(N, ...)`` in ``[clip_min, clip_max]``.
         target: target classes ``(N,)``.
         theta: change applied to each chosen feature; ``+1`` (default) sets features to the max.
-        gamma: maximum fraction of features changed (default 0.1, the paper's 14.5% is also
-            common); the attack runs at most ``floor(gamma * n_features / 2)`` iterations.
+        gamma: maximum fraction of features changed (default 0.145, Papernot et al.'s 14.5%,
+            as in the config's ``eval.jsma.gamma``); the attack runs at most
+            ``floor(gamma * n_features / 2)`` iterations.
         batch_chunk: number of samples whose forward/backward passes are batched together
             (the pair search itself runs per sample).
         clip_min, clip_max: feature range.
