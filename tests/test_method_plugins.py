@@ -71,12 +71,12 @@ def _teacher_dirs(tmp_path: Path) -> list[Path]:
 
 
 def test_the_plugin_is_known_where_the_pipeline_asks(tmp_path, tracking_uri):
-    from rkd.config import load_config
+    from rkd.config import ConfigError, load_config
 
     cfg = load_config(str(_configs(tmp_path, tracking_uri)))
     assert isinstance(cfg.method, SoftTargetsMethod) and list(cfg.trained_models()) == ["method.teacher"]
     assert plugin_sources() == [__file__]  # what Ray workers import to know it too
-    with pytest.raises(Exception, match="method.alpha"):
+    with pytest.raises(ConfigError, match="method.alpha"):
         load_config(str(tmp_path / "student.yaml"), ["method.alpha=-1"])
 
 

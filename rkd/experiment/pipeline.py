@@ -47,7 +47,7 @@ from rkd.engine import (
 from rkd.evaluation import accuracy, evaluate, make_results, write_results
 from rkd.evaluation.robust_accuracy import eval_subset
 from rkd.experiment.builders import build_datasets, build_model, num_classes_of, resolve_device
-from rkd.experiment.model_cache import TeacherRun, ensure_cached
+from rkd.experiment.model_cache import DEFAULT_OUTPUT_DIR, TeacherRun, ensure_cached
 from rkd.experiment.place import RunPlace
 from rkd.experiment.run_dir import read_run_json, unique_dir, write_run_json
 from rkd.methods import build_method, get_method
@@ -91,8 +91,10 @@ class Prepared:
 
     def transfer_source(self) -> LoadedModel | None:
         spec = self.cfg.transfer_source()
-        return next((m for k, m in self.models.items() if self.cfg.trained_models()[k] == spec), None) \
-            if spec is not None else None
+        if spec is None:
+            return None
+        specs = self.cfg.trained_models()
+        return next((m for k, m in self.models.items() if specs[k] == spec), None)
 
     def roles(self) -> dict[str, dict]:
         """The loaded models' records by role (``teacher``, ``source``, ...) for run.json and results."""
@@ -104,7 +106,7 @@ class Prepared:
 
 # ------------------------------------------------------------------------------ trained models
 def ensure_teacher(spec: TeacherConfig, *, parent_run_id: str | None = None, tracking: TrackingConfig | None = None,
-                   output_dir: str = "runs") -> TeacherRun:
+                   output_dir: str = DEFAULT_OUTPUT_DIR) -> TeacherRun:
     """Make sure a trained model exists as a finished run (trained once, cached; see
     :mod:`rkd.experiment.model_cache`), training it through this pipeline if needed."""
     def train(cfg, run_dir, resume, key):
@@ -115,7 +117,8 @@ def ensure_teacher(spec: TeacherConfig, *, parent_run_id: str | None = None, tra
 
 
 def load_teacher(spec: TeacherConfig, device="cpu", *, parent_run_id: str | None = None,
-                 tracking: TrackingConfig | None = None, output_dir: str = "runs") -> tuple[nn.Module, TeacherRun]:
+                 tracking: TrackingConfig | None = None,
+                 output_dir: str = DEFAULT_OUTPUT_DIR) -> tuple[nn.Module, TeacherRun]:
     """The network of a trained model (eval mode, on ``device``) and where it came from."""
     run = ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking, output_dir=output_dir)
     model = build_model(run.cfg)
@@ -129,6 +132,11 @@ def ensure_named_models(cfg: ExperimentConfig, *, parent_run_id: str | None = No
     driver, before workers or trials that only load them start."""
     for spec in cfg.trained_models().values():
         ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking or cfg.tracking, output_dir=cfg.output_dir)
+
+
+def by_role(models: dict[str, LoadedModel]) -> dict[str, nn.Module]:
+    """The method's own loaded networks (``method.<role>`` keys) by role, as its builder takes them."""
+    return {k.removeprefix("method."): m.module for k, m in models.items() if k.startswith("method.")}
 
 
 def load_trained_models(cfg: ExperimentConfig, device, parent_run_id: str | None) -> dict[str, LoadedModel]:
@@ -163,9 +171,9 @@ def prepare(cfg: ExperimentConfig, place: RunPlace, shared_data: torch.Tensor | 
     train_set, test_set, num_classes = build_datasets(cfg.data)
     if num_classes != num_classes_of(cfg.data):
         raise ValueError(f"{cfg.data.dataset}: {num_classes} classes in the data, expected {num_classes_of(cfg.data)}")
-    by_role = {k.removeprefix("method."): m.module for k, m in models.items() if k.startswith("method.")}
-    train_set = training_set(cfg, train_set, by_role, device, shared_data)
-    method = build_method(cfg.method, model, models=by_role, seed=cfg.seed)
+    roles = by_role(models)
+    train_set = training_set(cfg, train_set, roles, device, shared_data)
+    method = build_method(cfg.method, model, models=roles, seed=cfg.seed)
     run_dir = place.run_dir if place.run_dir is not None else unique_dir(cfg.output_dir, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     if place.writer:

@@ -109,10 +109,10 @@ def shared_training_data(cfg: ExperimentConfig):
     if ident is None:
         return None, None
     from rkd.experiment import build_datasets, resolve_device
-    from rkd.experiment.pipeline import load_trained_models
+    from rkd.experiment.pipeline import by_role, load_trained_models
 
     device = resolve_device(cfg.device)
-    models = {k.removeprefix("method."): m.module for k, m in load_trained_models(cfg, device, None).items()}
+    models = by_role(load_trained_models(cfg, device, None))
     train_set, _, _ = build_datasets(cfg.data)
     data = spec.build(cfg, train_set, models, device)
     return ray.put(np.ascontiguousarray(data.numpy())), ident
