@@ -6,11 +6,5 @@ the public names."""
 from rkd.experiment.model_cache import TeacherRun, cached_teacher_dir, teacher_config, teacher_key
 from rkd.experiment.pipeline import ensure_named_models, ensure_teacher, load_teacher
 
-
-def named_models(cfg):
-    """The trained models a run of ``cfg`` loads (specs, in load order)."""
-    return list(cfg.trained_models().values())
-
-
 __all__ = ["TeacherRun", "cached_teacher_dir", "ensure_named_models", "ensure_teacher", "load_teacher",
-           "named_models", "teacher_config", "teacher_key"]
+           "teacher_config", "teacher_key"]
