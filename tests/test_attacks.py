@@ -318,7 +318,7 @@ def test_default_step_size_and_describe():
 
 
 def test_build_attack_errors():
-    assert set(ATTACK_KINDS) == {"fgsm", "pgd", "mifgsm", "cw", "autoattack", "jitter", "square"}
+    assert set(ATTACK_KINDS) == {"fgsm", "pgd", "mifgsm", "cw", "autoattack", "jitter", "square", "apgd", "fab"}
     with pytest.raises(ValueError) as e:
         build_attack("deepfool", eps=0.1)
     assert "pgd" in str(e.value) and "autoattack" in str(e.value)

@@ -8,9 +8,14 @@ and never touch parameter ``.grad``; the result is detached and in [0, 1].
 * :func:`pgd` -- the one projected-gradient loop (Linf / L2 threat models from
   :mod:`rkd.attacks.steps`, random start, restarts, MI-FGSM momentum, targeted);
   :func:`fgsm` and :func:`mifgsm` are presets of it; :class:`PGDAttack` is a configured PGD.
+* :func:`apgd` -- Auto-PGD (Croce & Hein, 2020) written here: APGD-CE, APGD-DLR and APGD-T
+  (targeted DLR against the k most likely wrong classes), the reference's step-size schedule;
+  it attacks only correctly classified points and drops each point once it is fooled.
 * :func:`jsma`, :func:`jsma_success_rate` -- Papernot's targeted saliency-map attack.
-* :mod:`rkd.attacks.torchattacks_wrappers` -- AutoAttack, CW, Jitter, Square from torchattacks
-  (imported lazily).
+* :mod:`rkd.attacks.torchattacks_wrappers` -- AutoAttack, CW, FAB / FAB-T, Jitter, Square from
+  torchattacks (imported lazily). Note torchattacks' AutoAttack runs 10-iteration APGD / APGD-T
+  / FAB, not the reference's 100; AutoAttack's reference set is the kinds ``apgd`` (CE),
+  ``apgd`` (``loss="dlr", targets=9``), ``fab`` (``targets=9``) and ``square`` (5000 queries).
 * :func:`build_attack` -- ``build_attack("pgd", norm="l2", eps=0.5, steps=7)`` returns a
   callable ``attack(model, x, y) -> x_adv`` for configs and evaluation grids.
 """
@@ -26,12 +31,13 @@ import torch.nn as nn
 from rkd.config.schema import ATTACK_KINDS
 
 from . import torchattacks_wrappers as _ta
+from .apgd import apgd
 from .jsma import jsma, jsma_success_rate
 from .pgd import PGDAttack, default_step_size, fgsm, mifgsm, pgd
 from .steps import STEPS, AttackStep, L2Step, LinfStep, get_step_class
 
 __all__ = [
-    "pgd", "fgsm", "mifgsm", "PGDAttack", "default_step_size",
+    "pgd", "fgsm", "mifgsm", "PGDAttack", "default_step_size", "apgd",
     "jsma", "jsma_success_rate",
     "AttackStep", "LinfStep", "L2Step", "STEPS", "get_step_class",
     "build_attack", "ATTACK_KINDS", "BuiltAttack",
@@ -51,6 +57,8 @@ _ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
     "autoattack": _ta.autoattack,
     "jitter": _ta.jitter,
     "square": _ta.square,
+    "apgd": apgd,
+    "fab": _ta.fab,
 }
 
 # the config schema owns the list of kinds; every kind it accepts has a builder here
@@ -99,6 +107,12 @@ def build_attack(kind: str, **params: Any) -> BuiltAttack:
     * ``"autoattack"``: ``norm``, ``eps``, ``n_classes``, ``version``, ``seed``.
     * ``"jitter"``: ``eps``, ``steps``, ``alpha``, ``scale``, ``std``, ``random_start``, ``seed``.
     * ``"square"``: ``norm``, ``eps``, ``n_queries``, ``n_restarts``, ``p_init``, ``loss``,
+      ``seed``.
+    * ``"apgd"``: ``norm``, ``eps``, ``steps`` (100), ``restarts`` (1), ``loss`` ("ce" or
+      "dlr"), ``targets`` (0 = untargeted; k = APGD-T against the k most likely wrong classes,
+      needs ``loss="dlr"``), ``rho`` (0.75), ``seed``.
+    * ``"fab"``: ``norm``, ``eps``, ``n_classes`` (required), ``steps`` (100), ``restarts``,
+      ``targets`` (0 = untargeted FAB; k = FAB-T against the k most likely wrong classes),
       ``seed``.
 
     Raises:
