@@ -178,8 +178,11 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
                          "results": results})
         table = comparison_table(rows, protocols=("white-box",))
         n = rows[0][1]["num_samples"]
-        summary_md = (f"# rkd quickstart\n\nAccuracy (%) on the {n} digits test images, white-box attacks "
-                      f"(FGSM, PGD-7); train time = wall time of training on this machine (a student's "
+        summary_md = (f"# rkd quickstart\n\nAccuracy (%) on the {n} digits test images. The headline is the "
+                      "worst case: per image, correct clean and under every white-box attack in the Linf 8/255 "
+                      "ball (the grid's FGSM and PGD-7, then the eval's cascade suite on the images still robust). "
+                      "Masking flags: the automatic gradient-masking checks that fired (evidence in each "
+                      "run's results.md). Train time = wall time of training on this machine (a student's "
                       f"excludes its teacher's, shown in the teacher's own row).\n\n{table}")
         macd_rows = [(r["label"], r["results"]) for r in runs if r["key"] in MACD_ROWS]
         if any(a["protocol"] == "transfer" for _, r in macd_rows for a in r["attacks"]):

@@ -26,6 +26,9 @@ def tiny_overrides(tmp_path, tracking_uri):
         "data.dataset=synthetic", "data.limit_train=64", "data.limit_test=32", "data.batch_size=16",
         "model.arch=resnet18", "model.width=4", "model.layers=[1,1,1,1]", "train.epochs=2",
         "train.warmup_epochs=0", "train.progress=none", "eval.max_samples=32",
+        # the headline worst case at one ball, with the fast cascade and small masking probes
+        "eval.worst_case.suite=fast", "eval.worst_case.threats=[{norm: linf, eps: 8/255}]",
+        "eval.checks.max_samples=16", "eval.checks.black_box_queries=50",
         f"output_dir={tmp_path / 'runs'}", f"tracking.tracking_uri={tracking_uri}", "tracking.log_model=false",
     ]
 

@@ -20,6 +20,9 @@ from rkd.evaluation import (
     write_results,
 )
 
+#: the grid alone: the worst case and the masking checks have their own tests
+GRID_ONLY = ["eval.worst_case.enabled=false", "eval.checks.enabled=false"]
+
 
 def _trained_linear(train):
     torch.manual_seed(0)
@@ -42,7 +45,7 @@ def setup():
 
 def test_grid_entries_and_monotone_in_eps(setup):
     model, test = setup
-    cfg = load_config(None, ["eval.step_sweep={norm: linf, eps: 8/255, steps: [0, 1, 5]}"]).eval
+    cfg = load_config(None, ["eval.step_sweep={norm: linf, eps: 8/255, steps: [0, 1, 5]}", *GRID_ONLY]).eval
     res = evaluate(model, test, cfg, device="cpu", batch_size=64)
     assert res["num_samples"] == 100
     names = [a["name"] for a in res["attacks"]]
@@ -92,7 +95,9 @@ def test_results_file_roundtrip_and_tables(tmp_path, setup):
         assert {"name", "norm", "eps", "steps", "protocol", "accuracy"} <= a.keys()
     table = comparison_table([("A", res), ("B", res)])
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| method | clean | FGSM 4/255")
+    assert lines[0].startswith("| method | clean | worst case Linf 4/255 | worst case Linf 8/255 | worst case L2 0.25 "
+                               "| worst case L2 0.5 | FGSM 4/255")  # the headline worst cases first
+    assert "| masking flags |" in lines[0]
     assert lines[0].endswith("| train time |") and len(lines) == 4
     assert f"{100 * res['clean_accuracy']:.2f}" in lines[2]
     assert "FGSM 8/255" in md.read_text()
@@ -252,7 +257,7 @@ def test_transfer_protocol_attacks_the_source_and_classifies_with_the_model(tmp_
     source is as weak as white-box, an unrelated model is barely touched; entries are labelled."""
     source, test = setup
     other = _trained_linear(make_synthetic(True, n_train=200, seed=7))  # a different model, same task
-    cfg = load_config(None, ["eval.attacks=[{kind: pgd, eps: 8/255, steps: 5}]",
+    cfg = load_config(None, ["eval.attacks=[{kind: pgd, eps: 8/255, steps: 5}]", *GRID_ONLY,
                              "eval.transfer={source: {run_dir: unused}, attacks: [{kind: pgd, eps: 8/255, steps: 5}, "
                              "{kind: fgsm, eps: 8/255}], cache_dir: " + str(tmp_path / "adv") + "}"]).eval
     with pytest.raises(ValueError, match="source"):

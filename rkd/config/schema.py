@@ -16,7 +16,7 @@ Top level::
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,7 +26,10 @@ from rkd.config.numbers import Number, format_eps
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn", "imagenet32")
 NORMS = ("linf", "l2")
-ATTACK_KINDS = ("fgsm", "pgd", "mifgsm", "cw", "autoattack", "jitter", "square")
+ATTACK_KINDS = ("fgsm", "pgd", "mifgsm", "cw", "autoattack", "jitter", "square", "apgd", "fab")
+#: the step count of an attack whose config does not give one (CW, APGD and FAB at their
+#: papers' / AutoAttack's 100; the PGD family at the Robust-KD grid's 7)
+DEFAULT_STEPS = {"pgd": 7, "mifgsm": 7, "jitter": 7, "cw": 100, "apgd": 100, "fab": 100}
 
 
 class Strict(BaseModel):
@@ -63,6 +66,9 @@ class DataConfig(Strict):
     eval_batch_size: Annotated[int, Field(gt=0)] = 256
     num_workers: Annotated[int, Field(ge=0), NotInKey(LOADER)] = 0
     split_seed: int = 0
+    val_size: Annotated[Number, Field(ge=0)] = Field(
+        0.0, description="validation images held out of the TRAIN set (stratified, seeded by split_seed): a count, "
+        "or a fraction if < 1; they serve per-epoch metrics, Tune's schedulers and searchers; 0 = none")
 
     @model_validator(mode="after")
     def _classes_unique(self):
@@ -129,18 +135,23 @@ class AttackConfig(Strict):
     name: Optional[str] = Field(None, description="label in tables; derived when omitted")
     norm: Literal[NORMS] = "linf"  # type: ignore[valid-type]
     eps: Annotated[Number, Field(ge=0)] = 8 / 255
-    steps: Annotated[int, Field(ge=0)] = 7
+    steps: Optional[Annotated[int, Field(ge=0)]] = Field(
+        None, description="iterations; default per kind (rkd.config.schema.DEFAULT_STEPS: PGD 7, CW/APGD/FAB 100)")
     step_size: Optional[Annotated[Number, Field(gt=0)]] = Field(
         None, description="default 2.5*eps/steps (Madry et al.)"
     )
     restarts: Annotated[int, Field(ge=1)] = 1
     random_start: bool = True
-    # CW / AutoAttack / Square / Jitter specifics
+    # CW / AutoAttack / Square / Jitter / APGD / FAB specifics
     c: Annotated[Number, Field(gt=0)] = 1.0
     kappa: Annotated[Number, Field(ge=0)] = 0.0
     lr: Annotated[Number, Field(gt=0)] = 0.01
     n_queries: Annotated[int, Field(gt=0)] = 1000
     version: Literal["standard", "plus", "rand"] = "standard"
+    loss: Literal["ce", "dlr"] = Field("ce", description="APGD's loss: cross-entropy or the DLR margin")
+    targets: Annotated[int, Field(ge=0)] = Field(
+        0, description="APGD / FAB: 0 = untargeted; k = targeted at each of the k most likely wrong classes "
+        "in turn (AutoAttack's APGD-T and FAB-T use 9)")
 
     #: keys that mean something for each kind (besides kind, name, eps)
     KEYS_BY_KIND: ClassVar[dict[str, set[str]]] = {
@@ -150,8 +161,19 @@ class AttackConfig(Strict):
         "cw": {"c", "kappa", "steps", "lr"},
         "autoattack": {"norm", "version"},
         "jitter": {"norm", "steps", "step_size"},
-        "square": {"norm", "n_queries"},
+        "square": {"norm", "n_queries", "restarts"},
+        "apgd": {"norm", "steps", "restarts", "loss", "targets"},
+        "fab": {"norm", "steps", "restarts", "targets"},
     }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_steps(cls, data):
+        if isinstance(data, dict) and data.get("steps") is None:
+            kind = str(data.get("kind", "pgd"))
+            if kind in DEFAULT_STEPS:
+                data = {**data, "steps": DEFAULT_STEPS[kind]}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -164,6 +186,8 @@ class AttackConfig(Strict):
         check_linf_eps(self.norm, self.eps)
         if self.kind in ("fgsm", "mifgsm", "jitter") and self.norm != "linf":
             raise ValueError(f"{self.kind} is an Linf attack; set norm: linf")
+        if self.kind == "apgd" and self.targets and self.loss != "dlr":
+            raise ValueError("a targeted APGD (targets > 0) uses the targeted DLR loss; set loss: dlr")
         return self
 
     @property
@@ -175,8 +199,16 @@ class AttackConfig(Strict):
             return f"FGSM {eps}"
         if self.kind == "pgd":
             return f"PGD-{self.steps} {self.norm.upper() if self.norm == 'l2' else 'Linf'} {eps}"
+        norm = self.norm.upper() if self.norm == "l2" else "Linf"
         if self.kind == "cw":
             return f"CW c={self.c:g}"
+        if self.kind == "apgd":
+            variant = f"T{self.targets}" if self.targets else self.loss.upper()
+            return f"APGD-{variant}-{self.steps} {norm} {eps}"
+        if self.kind == "fab":
+            return f"FAB{f'-T{self.targets}' if self.targets else ''}-{self.steps} {norm} {eps}"
+        if self.kind == "square":
+            return f"Square-{self.n_queries} {norm} {eps}"
         return f"{self.kind} {self.norm} {eps}"
 
     def attack_params(self) -> dict:
@@ -196,8 +228,19 @@ class AttackConfig(Strict):
         if k == "jitter":
             return {"eps": self.eps, "steps": self.steps, "alpha": self.step_size}
         if k == "square":
-            return {"norm": self.norm, "eps": self.eps, "n_queries": self.n_queries}
+            return {"norm": self.norm, "eps": self.eps, "n_queries": self.n_queries, "n_restarts": self.restarts}
+        if k == "apgd":
+            return {"norm": self.norm, "eps": self.eps, "steps": self.steps, "restarts": self.restarts,
+                    "loss": self.loss, "targets": self.targets}
+        if k == "fab":
+            return {"norm": self.norm, "eps": self.eps, "steps": self.steps, "restarts": self.restarts,
+                    "targets": self.targets}
         raise AssertionError(k)
+
+    @property
+    def threat(self) -> tuple[str, float] | None:
+        """``(norm, eps)`` of the ball this attack stays in; None for CW (unbounded L2)."""
+        return None if self.kind == "cw" else (self.norm, float(self.eps))
 
 
 class TrainAttackConfig(Strict):
@@ -413,9 +456,98 @@ class TransferEvalConfig(Strict):
         return self
 
 
+class ThreatConfig(Strict):
+    """A threat model: the ``norm`` ball of radius ``eps`` (pixel units) around each image."""
+
+    norm: Literal[NORMS] = "linf"  # type: ignore[valid-type]
+    eps: Annotated[Number, Field(gt=0)] = 8 / 255
+
+    @model_validator(mode="after")
+    def _range(self):
+        check_linf_eps(self.norm, self.eps)
+        return self
+
+
+def _autoattack_suite() -> list[AttackConfig]:
+    """The reference AutoAttack "standard" set (Croce & Hein 2020; RobustBench): APGD-CE,
+    APGD-T (targeted DLR, 9 target classes), FAB-T (9 targets), 100 iterations each, and
+    Square with 5000 queries."""
+    return [AttackConfig(kind="apgd", loss="ce", steps=100),
+            AttackConfig(kind="apgd", loss="dlr", targets=9, steps=100),
+            AttackConfig(kind="fab", targets=9, steps=100),
+            AttackConfig(kind="square", n_queries=5000)]
+
+
+def _fast_suite() -> list[AttackConfig]:
+    """A cheaper cascade for CPU runs, named for what it is: APGD-CE and APGD-T with the 3 most
+    likely wrong classes, 50 iterations each (no FAB, no Square)."""
+    return [AttackConfig(kind="apgd", loss="ce", steps=50), AttackConfig(kind="apgd", loss="dlr", targets=3, steps=50)]
+
+
+WORST_CASE_SUITES = {"autoattack": _autoattack_suite, "fast": _fast_suite}
+
+
+class WorstCaseConfig(Strict):
+    """The headline robust accuracy: per threat model, the per-example worst case over every
+    white-box attack of the grid in that ball and the ``suite`` run as a cascade (each attack
+    only on the points still robust, the AutoAttack way). ``suite`` names a set
+    (``autoattack``: the reference; ``fast``: cheaper, see :func:`_fast_suite`) or lists attacks
+    whose norm and eps come from each threat (give neither)."""
+
+    enabled: bool = True
+    suite: Union[Literal["autoattack", "fast"], list[AttackConfig]] = "autoattack"
+    threats: Optional[list[ThreatConfig]] = Field(
+        None, description="default: every (norm, eps) ball of the white-box grid")
+
+    @model_validator(mode="after")
+    def _suite(self):
+        if isinstance(self.suite, list):
+            if not self.suite:
+                raise ValueError("eval.worst_case.suite must not be empty")
+            fixed = [a.label for a in self.suite if {"norm", "eps"} & a.model_fields_set]
+            if fixed:
+                raise ValueError(f"eval.worst_case.suite: {fixed} set norm/eps; each threat gives them")
+            if any(a.kind == "cw" for a in self.suite):
+                raise ValueError("eval.worst_case.suite: CW is unbounded, it has no place in a threat model")
+        return self
+
+    def suite_attacks(self, norm: str, eps: float) -> list[AttackConfig]:
+        """The suite's attacks in the ``(norm, eps)`` ball (Linf-only kinds skipped for L2)."""
+        suite = WORST_CASE_SUITES[self.suite]() if isinstance(self.suite, str) else self.suite
+        out = []
+        for a in suite:
+            if norm != "linf" and a.kind in ("fgsm", "mifgsm", "jitter"):
+                continue
+            out.append(AttackConfig(**{**a.model_dump(exclude_unset=True), "norm": norm, "eps": eps}))
+        return out
+
+
+class MaskingChecksConfig(Strict):
+    """Automatic gradient-masking checks on every evaluation (Carlini et al. 2019): each a named
+    flag with its evidence, never an edit of a number (rkd.evaluation.masking_checks). The
+    probes run on the first ``max_samples`` evaluated images."""
+
+    enabled: bool = True
+    max_samples: Annotated[int, Field(gt=0)] = 100
+    large_eps: Annotated[Number, Field(gt=0)] = Field(0.5, description="Linf radius where accuracy must near chance")
+    chance_margin: Annotated[Number, Field(ge=0, le=1)] = Field(
+        0.1, description="flag when accuracy at large_eps exceeds chance by more than this")
+    black_box_queries: Annotated[int, Field(gt=0)] = Field(
+        1000, description="Square queries of the gradient-free probe")
+    restarts: Annotated[int, Field(ge=2)] = Field(3, description="random restarts of the restart probe")
+    step_counts: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [10, 50], description="PGD steps of the step probe (besides the grid's)")
+    tolerance: Annotated[Number, Field(ge=0, le=1)] = Field(
+        0.03, description="accuracy difference (absolute) read as noise by every comparison")
+    zero_gradient_fraction: Annotated[Number, Field(ge=0, le=1)] = Field(
+        0.1, description="flag when more than this share of input gradients is zero or vanishing")
+
+
 class EvalConfig(Strict):
     enabled: bool = True
     attacks: list[AttackConfig] = Field(default_factory=_robust_kd_grid)
+    worst_case: WorstCaseConfig = Field(default_factory=WorstCaseConfig)
+    checks: MaskingChecksConfig = Field(default_factory=MaskingChecksConfig)
     step_sweep: Optional[StepSweepConfig] = None
     jsma: Optional[JsmaEvalConfig] = None
     input_gradient: bool = Field(

@@ -13,8 +13,23 @@ Schema ``rkd.results/1``::
          used: FGSM eps, MI-FGSM eps/steps, PGD 2.5*eps/steps unless set), "restarts": int|null,
          "protocol": "white-box"|"transfer", "source_model": str|null (transfer: the model the
          attack ran on), "accuracy": float (correct on the clean AND the attacked image),
-         "wall_time_s": float, "params": {every parameter the attack ran with}}
+         "wall_time_s": float, "params": {every parameter the attack ran with},
+         "median_l2_distortion": float|null (CW only: median ||x_adv - x||_2 of the samples it
+         broke; CW is unbounded, its norm/eps are null), "note": str (where a budget needs one)}
       ],
+      "worst_case": [                     # per threat model (norm, eps): the headline figures
+        {"norm", "eps", "eps_label", "accuracy" (correct clean AND under every attack in the
+         ball: the grid's and the suite's cascade), "num_samples", "suite": "autoattack"|"fast"|
+         "custom", "attacks": [labels counted], "cascade": [{"name", "kind", "params", "ran_on",
+         "robust_after", "wall_time_s"}], "wall_time_s"}     (rkd.evaluation.worst_case)
+      ],
+      "headline": null | {"norm", "eps", "eps_label", "accuracy", "suite"},  # the worst case at
+                                          # the largest Linf ball (else the first threat)
+      "checks": null | [                  # gradient-masking checks (rkd.evaluation.masking_checks)
+        {"name", "status": "ok"|"flagged"|"skipped", "evidence": {...}, "description", "reference"}
+      ],
+      "flags": null | [names of the flagged checks],
+      "splits": {"train", "validation", "test", "validation_source", "split_seed"},
       "step_sweep": null | {"norm", "eps", "eps_label",
                             "points": [{"steps", "step_size", "accuracy", "wall_time_s"}]},
       "jsma": null | [                    # optional (eval.jsma): targeted JSMA, one per saliency
@@ -35,8 +50,9 @@ Schema ``rkd.results/1``::
       "created": ISO-8601 UTC time
     }
 
-``jsma`` and ``input_gradient`` are optional additions to the same schema: files written before
-them lack the keys, and readers treat a missing key like ``null``.
+``jsma``, ``input_gradient``, ``worst_case``, ``headline``, ``checks``, ``flags`` and ``splits``
+are additions to the same schema: files written before them lack the keys, and readers treat a
+missing key like ``null`` (or an empty list).
 """
 
 from __future__ import annotations
@@ -44,6 +60,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
+
+from rkd.evaluation.metric_names import worst_case_label
 
 SCHEMA = "rkd.results/1"
 
@@ -83,11 +101,13 @@ def _time(s: float | None) -> str:
 
 def comparison_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str]] | None = None,
                      protocols: tuple[str, ...] | None = None) -> str:
-    """Markdown table, one row per (label, results): clean, every attack, train time.
+    """Markdown table, one row per (label, results): clean, the worst case per threat (the
+    headline figures), every attack, the gradient-masking flags, train time.
 
-    Columns are the union of attack names in first-seen order (only those of ``protocols``
+    Attack columns are the union of attack names in first-seen order (only those of ``protocols``
     when given, then ``columns``, ``(name, protocol)`` pairs, appended), labelled with their
-    protocol when more than one protocol appears.
+    protocol when more than one protocol appears. A flagged row names its flags; rows evaluated
+    without checks leave the cell empty.
     """
     cols: list[tuple[str, str]] = []
     for _, r in rows:
@@ -96,15 +116,60 @@ def comparison_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str]
             if key not in cols and (protocols is None or a["protocol"] in protocols):
                 cols.append(key)
     cols += [c for c in columns or [] if c not in cols]
+    worst = []
+    for _, r in rows:
+        worst += [w for w in (worst_case_label(w["norm"], w["eps_label"]) for w in r.get("worst_case") or [])
+                  if w not in worst]
+    with_flags = any(r.get("checks") is not None for _, r in rows)
     protocols = {p for _, p in cols}
-    head = ["method", "clean"] + [n if len(protocols) == 1 else f"{n} ({p})" for n, p in cols] + ["train time"]
+    head = (["method", "clean"] + worst + [n if len(protocols) == 1 else f"{n} ({p})" for n, p in cols]
+            + (["masking flags"] if with_flags else []) + ["train time"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in rows:
         acc = {(a["name"], a["protocol"]): a["accuracy"] for a in r["attacks"]}
-        cells = ([label, _pct(r["clean_accuracy"])] + [_pct(acc.get(c)) for c in cols]
+        wc = {worst_case_label(w["norm"], w["eps_label"]): w["accuracy"] for w in r.get("worst_case") or []}
+        cells = ([label, _pct(r["clean_accuracy"])] + [_pct(wc.get(w)) for w in worst]
+                 + [_pct(acc.get(c)) for c in cols] + ([flags_cell(r)] if with_flags else [])
                  + [_time(r.get("train_wall_time_s"))])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def flags_cell(results: dict) -> str:
+    """``FLAGGED: a, b`` / ``none`` / empty (not checked)."""
+    if results.get("checks") is None:
+        return ""
+    names = results.get("flags") or []
+    return "FLAGGED: " + ", ".join(names) if names else "none"
+
+
+def worst_case_markdown(results: dict) -> list[str]:
+    out = []
+    for w in results.get("worst_case") or []:
+        steps = "; ".join(f"{c['name']} on {c['ran_on']} -> {_pct(c['robust_after'])}" for c in w["cascade"])
+        out.append(f"- {worst_case_label(w['norm'], w['eps_label'])}: **{_pct(w['accuracy'])}** over "
+                   f"{', '.join(w['attacks'])} (suite {w['suite']}; cascade: {steps or 'none'}; "
+                   f"{_time(w['wall_time_s'])})")
+    return ["", "Per-example worst case (%) per threat model", "", *out, ""] if out else []
+
+
+def checks_markdown(results: dict) -> list[str]:
+    checks = results.get("checks")
+    if not checks:
+        return []
+    out = ["", "Gradient-masking checks (rkd.evaluation.masking_checks; warnings, no number was changed)", "",
+           "| check | status | evidence |", "|---|---|---|"]
+    for c in checks:
+        ev = ", ".join(f"{k}={_short(v)}" for k, v in c["evidence"].items())
+        out.append(f"| {c['name']} | {c['status'].upper() if c['status'] == 'flagged' else c['status']} | {ev} |")
+    return out + [""]
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    text = json.dumps(v) if not isinstance(v, str) else v
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _sci(x: float | None) -> str:
@@ -139,6 +204,7 @@ def results_markdown(results: dict) -> str:
     title = run.get("name") or "results"
     out = [f"# {title}", "", f"Accuracy (%) on {results['num_samples']} test images.", "",
            comparison_table([(run.get("method", title), results)])]
+    out += worst_case_markdown(results) + checks_markdown(results)
     sweep = results.get("step_sweep")
     if sweep:
         out += ["", f"PGD {sweep['norm']} eps {sweep['eps_label']}: accuracy vs steps", "",

@@ -22,39 +22,40 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from rkd.attacks import build_attack, default_step_size, pgd
 from rkd.attacks.jsma import jsma_success_rate
 from rkd.config.numbers import format_eps
 from rkd.config.schema import AttackConfig, EvalConfig
 from rkd.data.loader import make_loader
+from rkd.evaluation.masking_checks import flagged, masking_checks
+from rkd.evaluation.subsets import eval_subset, subset_of
+from rkd.evaluation.worst_case import (
+    grid_threats,
+    headline_threat,
+    is_gradient_free,
+    run_cascade,
+    suite_name,
+    worst_case_entry,
+)
 from rkd.models.modes import evaluation_mode
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def eval_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
-    """The first ``max_samples`` items (deterministic), or the whole set; never augmented."""
-    if hasattr(dataset, "with_transform"):
-        dataset = dataset.with_transform(None)
-    if max_samples is None or max_samples >= len(dataset):
-        return dataset
-    if hasattr(dataset, "subset"):
-        return dataset.subset(range(max_samples))
-    return Subset(dataset, range(max_samples))
-
-
-def accuracy(model: nn.Module, loader: DataLoader, device, attack: AttackFn | None = None) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``loader``; with ``attack``, the fraction
-    of samples classified correctly both clean and on ``attack(model, x, y)``."""
-    correct = torch.zeros((), device=device)
-    total = 0
+def correct_mask(model: nn.Module, loader: DataLoader, device, attack: AttackFn | None = None,
+                 distortions: list | None = None) -> torch.Tensor:
+    """Per sample of ``loader`` (in order, on the CPU): classified correctly by ``model`` (in
+    eval mode) and, with ``attack``, also on ``attack(model, x, y)``. With ``distortions`` (a
+    list), the L2 norms ``||x_adv - x||`` of the samples the attack turned wrong are appended."""
+    masks = []
     with evaluation_mode(model):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
@@ -63,10 +64,31 @@ def accuracy(model: nn.Module, loader: DataLoader, device, attack: AttackFn | No
             if attack is not None:
                 x_adv = attack(model, x, y)
                 with torch.no_grad():
-                    ok &= model(x_adv).argmax(1) == y
-            correct += ok.sum()
-            total += y.shape[0]
-    return correct.item() / max(total, 1)
+                    ok_adv = model(x_adv).argmax(1) == y
+                if distortions is not None:
+                    distortions.append((x_adv - x).flatten(1).norm(dim=1)[ok & ~ok_adv].cpu())
+                ok &= ok_adv
+            masks.append(ok.cpu())
+    return torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
+
+
+def robust_mask(model: nn.Module, data: Dataset, only: torch.Tensor, attack: AttackFn, *, device, batch_size: int,
+                distortions: list | None = None) -> torch.Tensor:
+    """:func:`correct_mask` under ``attack`` for the samples of ``data`` where ``only`` holds;
+    False elsewhere. Attacking a sample that is already wrong cannot change any figure, so the
+    grid and the cascade attack only the samples still correct."""
+    out = torch.zeros(len(data), dtype=torch.bool)
+    idx = only.nonzero().flatten().tolist()
+    if idx:
+        out[idx] = correct_mask(model, make_loader(subset_of(data, idx), batch_size), device, attack, distortions)
+    return out
+
+
+def accuracy(model: nn.Module, loader: DataLoader, device, attack: AttackFn | None = None) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``loader``; with ``attack``, the fraction
+    of samples classified correctly both clean and on ``attack(model, x, y)``."""
+    mask = correct_mask(model, loader, device, attack)
+    return mask.float().mean().item() if mask.numel() else 0.0
 
 
 def resolved_step_size(a: AttackConfig) -> float | None:
@@ -82,11 +104,13 @@ def resolved_step_size(a: AttackConfig) -> float | None:
 
 def attack_entry(cfg: AttackConfig, acc: float, seconds: float, protocol: str = "white-box",
                  source: str | None = None, params: dict | None = None) -> dict:
-    """One ``attacks[]`` entry of results.json (see rkd.evaluation.results for the schema)."""
+    """One ``attacks[]`` entry of results.json (see rkd.evaluation.results for the schema). CW is
+    unbounded: its entry has no norm or eps (its distortion is added by :func:`evaluate`)."""
+    bounded = cfg.threat is not None
     return {
-        "name": cfg.label, "kind": cfg.kind, "norm": cfg.norm, "eps": cfg.eps,
-        "eps_label": format_eps(cfg.eps, cfg.norm),
-        "steps": 1 if cfg.kind == "fgsm" else (None if cfg.kind in ("autoattack", "square") else cfg.steps),
+        "name": cfg.label, "kind": cfg.kind, "norm": cfg.norm if bounded else None, "eps": cfg.eps if bounded else None,
+        "eps_label": format_eps(cfg.eps, cfg.norm) if bounded else None,
+        "steps": 1 if cfg.kind == "fgsm" else cfg.steps,
         "step_size": resolved_step_size(cfg), "restarts": cfg.restarts if cfg.kind == "pgd" else None,
         "protocol": protocol, "source_model": source, "accuracy": acc, "wall_time_s": seconds,
         "params": params if params is not None else cfg.attack_params(),
@@ -103,23 +127,79 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
     loader = make_loader(data, batch_size)
     t_start = time.perf_counter()
     out: dict = {"num_samples": len(data)}
-    out["clean_accuracy"] = accuracy(model, loader, device)
-    entries = []
+    clean_ok = correct_mask(model, loader, device)
+    out["clean_accuracy"] = clean_ok.float().mean().item()
+    entries, masks = [], {}
     for a in cfg.attacks:
         torch.manual_seed(cfg.seed)
         fn = build_attack(a.kind, **attack_params(a, test_set))
         t0 = time.perf_counter()
-        acc = accuracy(model, loader, device, fn)
-        entries.append(attack_entry(a, acc, time.perf_counter() - t0, params=fn.describe()))
+        dists: list | None = [] if a.kind == "cw" else None
+        masks[a.label] = robust_mask(model, data, clean_ok, fn, device=device, batch_size=batch_size,
+                                     distortions=dists)
+        entries.append(attack_entry(a, masks[a.label].float().mean().item(), time.perf_counter() - t0,
+                                    params=fn.describe()))
+        if dists is not None:  # CW is unbounded: its accuracy means something only with its distortion
+            d = torch.cat(dists) if dists else torch.zeros(0)
+            entries[-1]["median_l2_distortion"] = d.median().item() if d.numel() else None
+    worst, worst_masks = worst_case(model, data, cfg, clean_ok, masks, device=device, batch_size=batch_size)
     if cfg.transfer is not None:
         entries += transfer_entries(model, data, cfg, source=source, source_label=source_label, device=device,
                                     batch_size=batch_size)
     out["attacks"] = entries
+    out["worst_case"] = worst
+    out["headline"] = headline_of(worst)
     out["step_sweep"] = step_sweep(model, loader, cfg, device) if cfg.step_sweep else None
     out["jsma"] = jsma_eval(model, data, cfg, device, _num_classes(test_set), batch_size) if cfg.jsma else None
     out["input_gradient"] = input_gradient_stats(model, loader, device) if cfg.input_gradient else None
+    if cfg.checks.enabled:
+        out["checks"] = masking_checks(model, data, out, cfg.checks, worst_masks=worst_masks, clean_ok=clean_ok,
+                                       device=device, batch_size=batch_size,
+                                       num_classes=_classes_of(model, data, device), seed=cfg.seed)
+        out["flags"] = flagged(out["checks"])
+    else:
+        out["checks"], out["flags"] = None, None
     out["eval_wall_time_s"] = time.perf_counter() - t_start
     return out
+
+
+def worst_case(model: nn.Module, data: Dataset, cfg: EvalConfig, clean_ok: torch.Tensor,
+               masks: dict[str, torch.Tensor], *, device, batch_size: int) -> tuple[list[dict], dict]:
+    """One ``worst_case[]`` entry per threat (see rkd.evaluation.worst_case) and, by threat, the
+    per-sample masks of the gradient-based attacks' worst case (what the masking checks compare
+    gradient-free attacks with). Gradient-based attacks (grid, then the suite's cascade) come
+    before the gradient-free ones (Square); the final worst case does not depend on the order."""
+    if not cfg.worst_case.enabled:
+        return [], {}
+    entries, gradient_masks = [], {}
+    cascade_mask = partial(robust_mask, device=device, batch_size=batch_size)
+    for threat in grid_threats(cfg):
+        t0 = time.perf_counter()
+        grid = [a for a in cfg.attacks if a.threat == threat]
+        suite = [(a, build_attack(a.kind, **attack_params(a, data))) for a in cfg.worst_case.suite_attacks(*threat)]
+        robust, cascade = clean_ok.clone(), []
+        for gradient_free in (False, True):
+            for a in grid:
+                if is_gradient_free(a) == gradient_free:
+                    robust &= masks[a.label]
+            stage = [(a, fn) for a, fn in suite if is_gradient_free(a) == gradient_free]
+            robust, records = run_cascade(model, data, robust, stage, seed=cfg.seed, robust_mask=cascade_mask)
+            cascade += records
+            if not gradient_free:
+                gradient_masks[threat] = robust.clone()
+        counted = [a.label for a in grid] + [a.label for a, _ in suite]
+        entries.append(worst_case_entry(threat, robust, counted, suite_name(cfg), cascade, time.perf_counter() - t0))
+    return entries, gradient_masks
+
+
+def headline_of(worst: list[dict]) -> dict | None:
+    """The headline figure: the worst case at the largest Linf ball (else the first threat)."""
+    threat = headline_threat([(w["norm"], w["eps"]) for w in worst])
+    if threat is None:
+        return None
+    w = next(w for w in worst if (w["norm"], w["eps"]) == threat)
+    return {"norm": w["norm"], "eps": w["eps"], "eps_label": w["eps_label"], "accuracy": w["accuracy"],
+            "suite": w["suite"]}
 
 
 def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source: nn.Module, source_label: str | None,
@@ -152,16 +232,38 @@ def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source
             acc = (torch.cat(ok) & clean_ok).float().mean().item()
             entries.append(attack_entry(a, acc, time.perf_counter() - t0, protocol="transfer", source=source_label,
                                         params={"attack": a.kind, **params}))
+            note = small_l2_budget_note(a, adv[0].numel())
+            if note:
+                entries[-1]["note"] = note
     return entries
+
+
+def small_l2_budget_note(a: AttackConfig, dim: int) -> str | None:
+    """A note for an L2 radius given in Linf-style units (MACD's AutoAttack-L2 at 8/255): the
+    Linf ball of the same eps reaches ``eps * sqrt(dim)`` in L2, far beyond the L2 ball."""
+    if a.norm != "l2" or a.eps >= 0.1:
+        return None
+    reach = a.eps * math.sqrt(dim)
+    return (f"L2 radius {a.eps:.4f} (the paper's setting): the Linf ball of the same eps reaches L2 {reach:.2f} on "
+            f"{dim} input values, {reach / a.eps:.0f}x this budget; not comparable with an Linf figure")
 
 
 def attack_params(a: AttackConfig, dataset) -> dict:
     """``build_attack`` keyword arguments of ``a`` on ``dataset`` (AutoAttack also needs the
     number of classes)."""
     params = a.attack_params()
-    if a.kind == "autoattack":
+    if a.kind in ("autoattack", "fab"):
         params["n_classes"] = _num_classes(dataset)
     return params
+
+
+def _classes_of(model: nn.Module, data: Dataset, device) -> int:
+    """The dataset's number of classes, else the width of the model's output."""
+    n = getattr(data, "num_classes", None)
+    if n is not None:
+        return int(n)
+    with evaluation_mode(model), torch.no_grad():
+        return int(model(data[0][0].unsqueeze(0).to(device)).shape[1])
 
 
 def _num_classes(dataset) -> int:

@@ -123,8 +123,9 @@ class MlflowRun:
                 self.client.set_tag(self.run_id, k, str(v))
 
     def log_results(self, results: dict, files: list[Path]) -> None:
-        """Summary metrics (clean + each attack accuracy, JSMA success rates, input-gradient
-        L2 norm and zero fraction when evaluated) and the results files as artifacts."""
+        """Summary metrics (clean, the worst case per threat and the headline ``acc.robust``, each
+        attack accuracy, JSMA success rates, input-gradient L2 norm and zero fraction when
+        evaluated), the masking-flag and headline tags, and the results files as artifacts."""
         if not self.enabled:
             return
         metrics = {**accuracy_metrics(results), "eval_wall_time_s": results["eval_wall_time_s"]}
@@ -139,6 +140,7 @@ class MlflowRun:
                 metrics["input_gradient.l2_median"] = grad["l2_median"]
             metrics["input_gradient.zero_fraction"] = grad["zero_fraction"]
         self.log_metrics(metrics)
+        self.set_tags(result_tags(results))
         for f in files:
             self.client.log_artifact(self.run_id, str(f))
 
@@ -162,6 +164,21 @@ class MlflowRun:
 
     def callback(self) -> "MlflowCallback":
         return MlflowCallback(self)
+
+
+def result_tags(results: dict) -> dict[str, str]:
+    """``rkd.masking_flags`` (flagged check names, ``none``, or ``not checked``) and
+    ``rkd.headline`` (what ``acc.robust`` measures) of a results dict."""
+    tags = {}
+    if "checks" in results:
+        flags = results.get("flags")
+        tags["rkd.masking_flags"] = ("not checked" if results.get("checks") is None
+                                     else ",".join(flags) if flags else "none")
+    head = results.get("headline")
+    if head:
+        norm = "L2" if head["norm"] == "l2" else "Linf"
+        tags["rkd.headline"] = f"worst case {norm} {head['eps_label']} (suite {head['suite']})"
+    return tags
 
 
 def absolute_tracking_uri(configured: str | None = None) -> str:
