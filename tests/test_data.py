@@ -25,6 +25,9 @@ from rkd.data import (
     load_imagenet32,
     make_synthetic,
     train_transform,
+    validation_count,
+    validation_split,
+    validation_split_indices,
 )
 from rkd.data.digits import digits_split_indices
 from rkd.data.masking import random_patch_mask
@@ -407,6 +410,140 @@ def test_limit_stratified_deterministic():
     odd = limit(ds, 37, seed=0)
     assert len(odd) == 37 and odd.class_counts().max() - odd.class_counts().min() <= 1
     assert limit(ds, 10**6) is ds
+
+
+def _rows(ds) -> set:
+    return {bytes(x.numpy().tobytes()) for x in ds.images}
+
+
+def test_validation_split_stratified_disjoint_deterministic():
+    ds = build_dataset("digits", train=True)
+    train_idx, val_idx = validation_split_indices(ds.labels, ds.num_classes, 0.1, seed=0)
+    t, v = set(train_idx.tolist()), set(val_idx.tolist())
+    assert not (t & v) and t | v == set(range(len(ds)))  # disjoint, covering
+    assert len(v) == round(0.1 * len(ds)) == 144
+    train, val = validation_split(ds, 0.1, seed=0)
+    assert len(train) == len(ds) - len(val) and len(val) == 144  # the training set shrinks by exactly the split
+    assert torch.equal(val.images, ds.images[val_idx]) and torch.equal(train.labels, ds.labels[train_idx])
+    # stratified: each class's share of the split is its share of the set, within one image
+    expected = ds.class_counts().double() * len(val) / len(ds)
+    assert ((val.class_counts().double() - expected).abs() < 1).all() and (train.class_counts() > 0).all()
+    # deterministic from the seed alone: the same split whatever the global RNG did before
+    torch.manual_seed(123)
+    again_train, again = validation_split(ds, 0.1, seed=0)
+    torch.manual_seed(7)
+    torch.rand(1000)
+    assert again.fingerprint() == val.fingerprint() and again_train.fingerprint() == train.fingerprint()
+    state = torch.random.get_rng_state()
+    validation_split(ds, 0.1, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # and it does not advance it
+    assert validation_split(ds, 0.1, seed=1)[1].fingerprint() != val.fingerprint()
+    # a count is a count; the validation set is never augmented, the training set keeps its transform
+    aug = ds.with_transform(train_transform(flip=False))
+    tr50, v50 = validation_split(aug, 50, seed=0)
+    assert len(v50) == 50 and len(tr50) == len(ds) - 50 and v50.transform is None and tr50.transform is aug.transform
+    assert validation_split(ds, 0) == (ds, None)
+
+
+def test_validation_count_and_refusals():
+    assert validation_count(1000, 0.1) == 100 and validation_count(1000, 256) == 256 and validation_count(9, 0.01) == 1
+    assert validation_count(1000, 0) == 0
+    with pytest.raises(ValueError, match="neither a fraction"):
+        validation_count(1000, 2.5)
+    ds = make_synthetic(True, n_train=40, num_classes=10, seed=0)
+    with pytest.raises(ValueError, match="nothing is left to train on"):
+        validation_split(ds, 40)
+    with pytest.raises(ValueError, match="all .* training images of class"):
+        validation_split(ds, 35)  # 40 images, 10 classes: some class loses all of its 4
+
+
+def _data_cfg(**kw):
+    from rkd.config.schema import DataConfig
+
+    return DataConfig(dataset="synthetic", limit_train=96, limit_test=32, **kw)
+
+
+def test_build_data_carves_the_validation_split_from_the_training_set():
+    from rkd.experiment.builders import build_data, build_datasets
+
+    whole = build_data(_data_cfg(split_seed=3))  # limit_train draws with the same seed
+    assert whole.validation is None and len(whole.train) == 96
+    for size, n in ((0.25, 24), (20, 20)):
+        d = build_data(_data_cfg(val_size=size, split_seed=3))
+        assert len(d.validation) == n and len(d.train) == 96 - n  # shrinks by exactly the split
+        assert _rows(d.validation).isdisjoint(_rows(d.train))
+        assert _rows(d.validation) | _rows(d.train) == _rows(whole.train)  # carved from the training images
+        assert d.validation.transform is None and d.train.transform is not None  # only training data is augmented
+        assert torch.equal(d.test.images, whole.test.images)  # the test set is untouched
+        torch.manual_seed(99)  # another rank / worker / resume: the same split
+        again = build_data(_data_cfg(val_size=size, split_seed=3))
+        assert again.validation.fingerprint() == d.validation.fingerprint()
+        assert again.train.with_transform(None).fingerprint() == d.train.with_transform(None).fingerprint()
+        train, test, k = build_datasets(_data_cfg(val_size=size, split_seed=3))
+        assert len(train) == 96 - n and k == 10  # every reader of the training set gets it without the split
+    other = build_data(_data_cfg(val_size=20, split_seed=4)).validation
+    assert other.fingerprint() != build_data(_data_cfg(val_size=20, split_seed=3)).validation.fingerprint()
+    with pytest.raises(ValueError, match="data.val_size"):
+        build_data(_data_cfg(val_size=95))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.val_size=2.5"], "neither a fraction"),
+    (["data.limit_train=64", "data.val_size=60"], "fewer than one per class"),
+    (["data.limit_train=64", "data.val_size=0.95"], "holds out 61 of the 64"),
+])
+def test_config_checks_refuse_a_validation_split_that_leaves_no_training_data(overrides, message):
+    from rkd.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config("preset:digits_standard", overrides)
+    assert any(k == "data.val_size" and message in m for k, m in err.value.problems), err.value.problems
+    assert load_config("preset:digits_standard", ["data.limit_train=64", "data.val_size=16"]).data.val_size == 16
+
+
+def test_per_epoch_metric_is_val_acc_on_the_split_and_test_acc_without(tmp_path, tiny_overrides, tracking_uri):
+    import json
+
+    from mlflow import MlflowClient
+
+    from rkd.config import load_config
+    from rkd.experiment import run_experiment
+
+    over = tiny_overrides + ["train.epochs=1", "eval.attacks=[{kind: fgsm, eps: 8/255}]", "eval.max_samples=16",
+                             "eval.worst_case.enabled=false", "eval.checks.enabled=false"]
+    held = run_experiment(load_config(None, over + ["data.val_size=16", "data.split_seed=2"]), run_dir=tmp_path / "v")
+    assert "val_acc" in held.history[-1] and "test_acc" not in held.history[-1]
+    splits = {"train": 48, "validation": 16, "test": 16, "validation_source": "train", "split_seed": 2}
+    assert held.results["splits"] == splits
+    assert json.loads((tmp_path / "v" / "results.json").read_text())["splits"] == splits
+    assert json.loads((tmp_path / "v" / "run.json").read_text())["splits"] == splits
+    tags = MlflowClient(tracking_uri).get_run(held.mlflow_run_id).data.tags
+    assert tags["rkd.split.validation"] == "16" and tags["rkd.split.validation_source"] == "train"
+    assert tags["rkd.split.train"] == "48" and tags["rkd.split.test"] == "16"
+
+    plain = run_experiment(load_config(None, over), run_dir=tmp_path / "t")
+    assert "test_acc" in plain.history[-1] and "val_acc" not in plain.history[-1]
+    assert plain.results["splits"] == {"train": 64, "validation": 0, "test": 16, "validation_source": None,
+                                       "split_seed": 0}
+
+
+def test_method_epoch_eval_hooks_see_the_split_and_are_renamed_without_one():
+    from rkd.config import load_config
+    from rkd.experiment.builders import build_data, build_model
+    from rkd.experiment.pipeline import epoch_eval_data, epoch_eval_fn
+
+    cfg = load_config("preset:digits_mae", ["data.dataset=synthetic", "data.limit_train=40", "data.limit_test=24",
+                                            "data.val_size=8", "model.embed_dim=16", "model.depth=1",
+                                            "model.num_heads=2", "model.decoder_embed_dim=8",
+                                            "model.decoder_num_heads=2"])
+    d = build_data(cfg.data)
+    data, split = epoch_eval_data(d.test, d.validation)
+    assert split == "val" and data.fingerprint() == d.validation.fingerprint()
+    model = build_model(cfg)
+    assert set(epoch_eval_fn(cfg, d.test, "cpu", d.validation)(model)) == {"val_mae_loss"}
+    assert set(epoch_eval_fn(cfg, d.test, "cpu")(model)) == {"test_mae_loss"}
+    data, split = epoch_eval_data(d.test)
+    assert split == "test" and data.fingerprint() == d.test.fingerprint()
 
 
 # ---- registry ------------------------------------------------------------------------------------

@@ -93,3 +93,81 @@ def test_missing_file_and_bad_base(tmp_path):
     path = _write(tmp_path, "base: preset:no_such\nparams: {seed: {choice: [1]}}\n")
     with pytest.raises(ConfigError, match="base"):
         load_space(path)
+
+
+# ---- model selection on a validation split, never on test images ---------------------------------
+
+
+def _tiny_space(tmp_path, body: str, data: str = "") -> str:
+    (tmp_path / "base.yaml").write_text(
+        "data: {dataset: synthetic, limit_train: 64, limit_test: 32, batch_size: 16" + data + "}\n"
+        "model: {arch: resnet18, width: 4, layers: [1, 1, 1, 1]}\n"
+        "train: {epochs: 1, warmup_epochs: 0, progress: none}\n"
+        "eval: {attacks: [{kind: fgsm, eps: 8/255}]}\ntracking: {enabled: false}\n")
+    return _write(tmp_path, "base: base.yaml\nmetric: FGSM 8/255\n" + body + "params: {seed: {choice: [1, 2]}}\n")
+
+
+def test_trials_hold_out_val_samples_of_their_training_set(tmp_path):
+    space = load_space(_tiny_space(tmp_path, "val_samples: 16\n"))
+    cfg = space.trial_config({"seed": 1})
+    assert cfg.data.val_size == 16 and space.base.data.val_size == 16  # the driver's base too (shared data)
+    assert load_space(_tiny_space(tmp_path, "val_samples: 0.25\n")).trial_config({"seed": 2}).data.val_size == 0.25
+    assert load_space(_tiny_space(tmp_path, "")).trial_config({"seed": 2}).data.val_size == 0.1  # the default
+    # a validation split the base config sets is kept
+    kept = load_space(_tiny_space(tmp_path, "val_samples: 16\n", ", val_size: 8"))
+    assert kept.trial_config({"seed": 1}).data.val_size == 8
+    for path in SPACES:  # every shipped space selects on a validation split
+        assert load_space(path).trial_config({}).data.val_size > 0
+
+
+def test_val_samples_that_leave_no_training_data_fail_before_ray(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_space(_tiny_space(tmp_path, "val_samples: 60\n"))
+    assert any(k == "val_samples" and "data.val_size" in m for k, m in err.value.problems), err.value.problems
+
+
+def test_objective_is_measured_on_the_train_derived_validation_split(tmp_path):
+    pytest.importorskip("ray")
+    import torch
+
+    from rkd.experiment.builders import build_data, build_model
+    from rkd.orchestration.train import RayReportCallback, final_report, objective_fn
+
+    space = load_space(_tiny_space(tmp_path, "val_samples: 16\n"))
+    cfg = space.trial_config({"seed": 1})
+    fn = objective_fn(cfg, space.spec.metric, "cpu")
+    d = build_data(cfg.data)
+    rows = {bytes(x.numpy().tobytes()) for x in fn.data.images}
+    assert len(fn.data) == 16 and fn.data.fingerprint() == d.validation.fingerprint()
+    assert rows.isdisjoint({bytes(x.numpy().tobytes()) for x in d.train.images})
+    assert rows.isdisjoint({bytes(x.numpy().tobytes()) for x in d.test.images})
+    model = build_model(cfg)
+    value = fn(model)
+    assert 0.0 <= value <= 1.0
+
+    # the final report's objective is the validation value with the final weights, not a test accuracy
+    reports = []
+
+    class Trainer:  # what the callback reads of the trainer
+        rank, epochs = 0, 1
+        method = type("M", (), {"model": model})()
+
+        def save_checkpoint(self, path):
+            torch.save({}, path)
+
+    class Ckpt:
+        @staticmethod
+        def from_directory(d):
+            return d
+
+    cb = RayReportCallback(fn, report=lambda r, checkpoint=None: reports.append(r), checkpoint_cls=Ckpt)
+    cb.on_epoch_end(Trainer(), 0, {"val_acc": 0.5})
+    assert reports[-1]["objective"] == cb.final_objective == value
+    results = {"clean_accuracy": 1.0, "attacks": [{"name": "FGSM 8/255", "protocol": "white-box", "accuracy": 0.99}]}
+    final = final_report(cfg, results, cb.final_objective)
+    assert final["objective"] == value and final["acc.white-box.FGSM_8_255"] == 0.99
+
+    from rkd.config import load_config
+
+    with pytest.raises(ValueError, match="data.val_size"):  # no split, no objective: never the test set
+        objective_fn(load_config(str(tmp_path / "base.yaml")), "clean", "cpu")

@@ -2,6 +2,9 @@
 :func:`rkd.config.load_config` after validation and before any work starts:
 
 * the architecture and its knobs: the model is built on the meta device (no weights, no files);
+* the validation split (``data.val_size``): a fraction below 1 or a whole count, that leaves
+  training images (of every class, as far as the config tells without loading the data; the
+  split itself refuses a class left without training images);
 * the method against that model (e.g. Robust-KD's stages exist);
 * every trained model the run needs (teachers, sources, MAE stages, the transfer source): its
   config is loaded and checked the same way, recursively, and the method checks it
@@ -16,7 +19,7 @@ import re
 from typing import Callable
 
 from rkd.config.errors import ConfigError
-from rkd.config.schema import ExperimentConfig, ModelConfig
+from rkd.config.schema import DataConfig, ExperimentConfig, ModelConfig
 
 
 def architecture_problem(model: ModelConfig) -> tuple[str, str] | None:
@@ -36,6 +39,27 @@ def architecture_problem(model: ModelConfig) -> tuple[str, str] | None:
     return None
 
 
+def validation_split_problem(data: DataConfig) -> tuple[str, str] | None:
+    """``data.val_size`` neither a fraction (< 1) nor a whole count, or (with ``limit_train``)
+    leaving fewer training images than classes."""
+    from rkd.data import dataset_info, validation_count
+
+    size = float(data.val_size)
+    if size == 0:
+        return None
+    if size >= 1 and not size.is_integer():
+        return "data.val_size", (f"{size:g} is neither a fraction of the training set (0 < val_size < 1) "
+                                 "nor a whole number of images")
+    if data.limit_train is None:
+        return None
+    n, k = data.limit_train, validation_count(data.limit_train, size)
+    classes = len(data.classes) if data.classes is not None else dataset_info(data.dataset).num_classes
+    if n - k < classes:
+        return "data.val_size", (f"holds out {k} of the {n} training images of data.limit_train, leaving "
+                                 f"{max(n - k, 0)} to train on: fewer than one per class ({classes} classes)")
+    return None
+
+
 def model_section_problem(data: dict) -> tuple[str, str] | None:
     """The architecture problem of a raw config whose other sections did not validate (so
     that one error lists it too); None when the model section itself does not validate."""
@@ -51,6 +75,9 @@ def check_config(cfg: ExperimentConfig, where: str, load: Callable[[str, list[st
     """Raise :class:`ConfigError` (file ``where``) with every problem found; ``load`` loads (and
     checks) the config of a trained model, ``load(config, overrides)``."""
     problems = []
+    split = validation_split_problem(cfg.data)
+    if split is not None:
+        problems.append(split)
     arch = architecture_problem(cfg.model)
     if arch is not None:
         problems.append(arch)

@@ -10,10 +10,17 @@ A space file names a base experiment config, the metric to optimise and how to s
     scheduler: {name: asha, grace_period: 2, reduction_factor: 2}   # or {name: fifo}
     searcher: random                     # random | grid | optuna (pip install 'rkd[optuna]')
     max_concurrent_trials: null          # null: as many as the cluster's resources allow
+    val_samples: 0.1                     # the validation split of every trial (see below)
     params:
       method.beta:   {loguniform: [0.5, 500]}
       method.n_proj: {choice: [1, 5, 10]}
       method.stages: {grid: [[1], [2], [3], [4], [1, 2, 3, 4]]}
+
+Model selection never sees the test set: every trial holds ``val_samples`` images out of its
+training set (a count, or a fraction if < 1; stratified, seeded by ``data.split_seed``) as its
+``data.val_size`` -- unless the base config sets its own ``data.val_size``, which is kept -- and
+the ``objective`` that schedulers and searchers read, each epoch and at the end, is the metric
+on that validation split. The test set is only evaluated, as ``acc.*``.
 
 Distributions (exactly one key per parameter): ``choice: [v, ...]`` (random pick),
 ``grid: [v, ...]`` (every value), ``uniform: [low, high]``, ``loguniform: [low, high]``
@@ -119,7 +126,10 @@ class TuneSpace(Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     searcher: Literal["random", "grid", "optuna"] = "random"
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
-    val_samples: int = Field(256, ge=1, description="test images of the per-epoch metric the scheduler reads")
+    val_samples: Number = Field(
+        0.1, gt=0, description="the validation split every trial holds out of its TRAINING set (its data.val_size, "
+        "when the base config sets none): a count, or a fraction if < 1; the objective schedulers and searchers "
+        "read is measured on it, never on test images")
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("params")
@@ -138,15 +148,23 @@ class LoadedSpace:
     spec: TuneSpace
     params: dict[str, Distribution]
     base_source: str
-    base: ExperimentConfig
+    base: ExperimentConfig   # with the trials' validation split (``overrides``)
+    overrides: list[str]     # the space's overrides, then the validation split's (validation_overrides)
 
     @property
     def name(self) -> str:
         return Path(self.path).stem
 
     def trial_config(self, sample: dict[str, Any], extra: list[str] = ()) -> ExperimentConfig:
-        """The experiment config of one trial: base + overrides + the sampled values."""
-        return load_config(self.base_source, self.spec.overrides + list(extra) + overrides_for(sample))
+        """The experiment config of one trial: base + overrides (with the validation split) +
+        the sampled values."""
+        return load_config(self.base_source, self.overrides + list(extra) + overrides_for(sample))
+
+
+def validation_overrides(spec: TuneSpace, base: ExperimentConfig) -> list[str]:
+    """``data.val_size=<val_samples>`` when the base config holds no validation split out (its
+    own ``data.val_size`` is kept otherwise)."""
+    return [] if base.data.val_size else [f"data.val_size={json.dumps(spec.val_samples)}"]
 
 
 def overrides_for(sample: dict[str, Any]) -> list[str]:
@@ -205,6 +223,12 @@ def load_space(path: str | Path) -> LoadedSpace:
         base = load_config(base_source, spec.overrides)
     except ConfigError as exc:
         raise ConfigError(path, [("base", str(exc))]) from None
+    overrides = spec.overrides + validation_overrides(spec, base)
+    try:
+        base = load_config(base_source, overrides)
+    except ConfigError as exc:
+        reasons = "; ".join(f"{k}: {m}" if k else m for k, m in exc.problems)
+        raise ConfigError(path, [("val_samples", f"the trials' validation split: {reasons}")]) from None
     flat_keys = _keys(base.model_dump(mode="json"))
     for key, dist in params.items():
         if key not in flat_keys and not any(k.startswith(key + ".") for k in flat_keys):
@@ -212,7 +236,7 @@ def load_space(path: str | Path) -> LoadedSpace:
             continue
         for value in dist.candidates():
             try:
-                load_config(base_source, spec.overrides + overrides_for({key: value}))
+                load_config(base_source, overrides + overrides_for({key: value}))
             except ConfigError as exc:
                 reasons = "; ".join(m for _, m in exc.problems)
                 problems.append((f"params.{key}", f"value {value!r} is invalid for the base config: {reasons}"))
@@ -228,7 +252,7 @@ def load_space(path: str | Path) -> LoadedSpace:
                          f"{spec.scheduler.max_t} exceeds the base config's {base.train.epochs} epochs"))
     if problems:
         raise ConfigError(path, problems)
-    return LoadedSpace(path, spec, params, base_source, base)
+    return LoadedSpace(path, spec, params, base_source, base, overrides)
 
 
 def _keys(data: Any, prefix: str = "") -> set[str]:

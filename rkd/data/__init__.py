@@ -22,7 +22,15 @@ from .digits import load_digits_dataset
 from .errors import DatasetIntegrityError, DatasetNotFoundError
 from .imagenet32 import load_imagenet32
 from .paired import paired_dataset
-from .splits import class_subset, half_split, half_split_indices, limit
+from .splits import (
+    class_subset,
+    half_split,
+    half_split_indices,
+    limit,
+    validation_count,
+    validation_split,
+    validation_split_indices,
+)
 from .synthetic import make_synthetic
 from .torchvision_sets import load_cifar10, load_cifar100, load_svhn
 from .transforms import Compose, RandomCropPad, RandomHorizontalFlip, train_transform
@@ -166,4 +174,7 @@ __all__ = [
     "paired_dataset",
     "to_float_images",
     "train_transform",
+    "validation_count",
+    "validation_split",
+    "validation_split_indices",
 ]

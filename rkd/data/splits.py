@@ -7,6 +7,9 @@
   class, and keep the original order of the samples.
 - :func:`class_subset`: keep some classes, optionally remapping labels to ``0..k-1``.
 - :func:`limit`: a stratified subsample of ``n`` samples for quick runs.
+- :func:`validation_split`: hold a stratified validation set out of a training set (the
+  ``data.val_size`` of a config): the same seeded per-class order as the halves, class quotas
+  as :func:`limit`'s; returns ``(train, validation)``, disjoint and covering the set.
 
 All return a new :class:`TensorImageDataset` (copied rows, same transform), so
 ``fingerprint()`` identifies the subset.
@@ -14,7 +17,8 @@ All return a new :class:`TensorImageDataset` (copied rows, same transform), so
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import math
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -90,6 +94,21 @@ def class_subset(dataset: TensorImageDataset, classes: Sequence[int], remap: boo
     )
 
 
+def _quotas(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-class quotas summing to ``n``, proportional to ``counts`` (largest-remainder
+    rounding, ties to the lower class id)."""
+    counts = counts.to(torch.float64)
+    exact = counts * n / counts.sum()
+    quota = torch.floor(exact).to(torch.int64)
+    rest = n - int(quota.sum())
+    if rest > 0:
+        frac = exact - quota.to(torch.float64)
+        order = sorted(range(len(frac)), key=lambda c: (-float(frac[c]), c))
+        for c in order[:rest]:
+            quota[c] += 1
+    return quota
+
+
 def limit(dataset: TensorImageDataset, n: int, seed: int = 0) -> TensorImageDataset:
     """A deterministic stratified subsample of ``n`` samples (``dataset`` itself if ``n >= len``).
 
@@ -102,18 +121,71 @@ def limit(dataset: TensorImageDataset, n: int, seed: int = 0) -> TensorImageData
         raise ValueError("n must be >= 0")
     if n >= len(dataset):
         return dataset
-    counts = dataset.class_counts().to(torch.float64)
-    exact = counts * n / counts.sum()
-    quota = torch.floor(exact).to(torch.int64)
-    rest = n - int(quota.sum())
-    if rest > 0:
-        frac = exact - quota.to(torch.float64)
-        order = sorted(range(len(frac)), key=lambda c: (-float(frac[c]), c))
-        for c in order[:rest]:
-            quota[c] += 1
+    quota = _quotas(dataset.class_counts(), n)
     parts = [perm[: int(q)] for perm, q in zip(_class_perms(dataset.labels, dataset.num_classes, seed), quota)]
     idx = torch.sort(torch.cat(parts)).values
     return dataset.subset(idx)
 
 
-__all__ = ["class_subset", "half_split", "half_split_indices", "limit"]
+def validation_count(n: int, size: float) -> int:
+    """How many of ``n`` training images a validation split of ``size`` holds out: ``size``
+    itself when it is >= 1 (a count; it must be a whole number), ``round(size * n)`` (at least 1)
+    for a fraction ``0 < size < 1``, 0 for ``size == 0``."""
+    size = float(size)
+    if size < 0 or not math.isfinite(size):
+        raise ValueError(f"val_size must be a count or a fraction >= 0, got {size:g}")
+    if size == 0:
+        return 0
+    if size >= 1:
+        if not size.is_integer():
+            raise ValueError(f"val_size {size:g} is neither a fraction (< 1) nor a whole count")
+        return int(size)
+    return max(1, int(math.floor(size * n + 0.5)))
+
+
+def validation_split_indices(labels: torch.Tensor, num_classes: int, size: float,
+                             seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sorted ``(train, validation)`` indices of a stratified validation split (see
+    :func:`validation_split`)."""
+    n = int(labels.numel())
+    k = validation_count(n, size)
+    counts = torch.bincount(labels, minlength=num_classes)
+    if k >= n:
+        raise ValueError(f"val_size {size:g} holds out {k} of the {n} training images: nothing is left to train on")
+    quota = _quotas(counts, k) if k else torch.zeros(num_classes, dtype=torch.int64)
+    starved = [c for c in range(num_classes) if counts[c] > 0 and quota[c] >= counts[c]]
+    if starved:
+        c = starved[0]
+        raise ValueError(f"val_size {size:g} holds out all {int(counts[c])} training images of class {c} "
+                         f"({len(starved)} class(es) left without training data); choose a smaller val_size")
+    train, val = [], []
+    for perm, q in zip(_class_perms(labels, num_classes, seed), quota):
+        val.append(perm[: int(q)])
+        train.append(perm[int(q):])
+    empty = torch.zeros(0, dtype=torch.int64)
+    return (torch.sort(torch.cat(train)).values if train else empty,
+            torch.sort(torch.cat(val)).values if val else empty)
+
+
+def validation_split(dataset: TensorImageDataset, size: float,
+                     seed: int = 0) -> Tuple[TensorImageDataset, TensorImageDataset | None]:
+    """``(train, validation)``: ``validation`` holds :func:`validation_count` images of
+    ``dataset`` out, stratified (class quotas proportional to class frequency, as in
+    :func:`limit`; within a class a seeded random choice, as in :func:`half_split`), ``train``
+    is the rest; both keep the original order. The validation set is never augmented (no
+    transform); ``train`` keeps the dataset's. ``size == 0``: ``(dataset, None)``.
+
+    Deterministic for a given ``seed`` (its own ``torch.Generator``: the global RNG is neither
+    read nor advanced), so every rank, worker and resume carves the same split. Raises
+    ValueError when the split would leave no training image, or none of some class.
+    """
+    _check(dataset)
+    if validation_count(len(dataset), size) == 0:
+        return dataset, None
+    train_idx, val_idx = validation_split_indices(dataset.labels, dataset.num_classes, size, seed)
+    val = dataset.subset(val_idx, name=f"{dataset.name}[validation]").with_transform(None)
+    return dataset.subset(train_idx), val
+
+
+__all__ = ["class_subset", "half_split", "half_split_indices", "limit", "validation_count", "validation_split",
+           "validation_split_indices"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from rkd.config import ExperimentConfig
-from rkd.data import build_dataset, class_subset, dataset_info, half_split, limit
+from rkd.data import build_dataset, class_subset, dataset_info, half_split, limit, validation_split
 from rkd.data.transforms import train_transform
 from rkd.models import create_model, set_input_size
 
@@ -16,8 +19,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_datasets(data_cfg):
-    """(train set with augmentation, test set, num_classes) as configured."""
+@dataclass(frozen=True)
+class DataSplits:
+    """The data of a run: ``train`` (augmented as configured; without the validation images),
+    ``validation`` (held out of the training set by ``data.val_size``, never augmented; None
+    without one), ``test`` and the number of classes."""
+
+    train: Any
+    validation: Any
+    test: Any
+    num_classes: int
+
+
+def build_data(data_cfg) -> DataSplits:
+    """The configured data: classes, then the half, ``limit_train``, and the validation split
+    (``data.val_size`` of what is left, stratified, seeded by ``data.split_seed``) of the
+    training set; ``limit_test`` of the test set; augmentation of the training images only."""
     kw = dict(root=data_cfg.root, download=data_cfg.download)
     if data_cfg.dataset in ("cifar10", "cifar100", "svhn"):
         kw["verify"] = data_cfg.verify
@@ -29,11 +46,22 @@ def build_datasets(data_cfg):
         train = half_split(train, data_cfg.half, seed=data_cfg.split_seed)
     if data_cfg.limit_train is not None:
         train = limit(train, data_cfg.limit_train, seed=data_cfg.split_seed)
+    try:
+        train, val = validation_split(train, data_cfg.val_size, seed=data_cfg.split_seed)
+    except ValueError as exc:
+        raise ValueError(f"data.{exc}") from None
     if data_cfg.limit_test is not None:
         test = limit(test, data_cfg.limit_test, seed=data_cfg.split_seed)
     if data_cfg.augment:
         train = train.with_transform(train_transform(flip=data_cfg.flip))
-    return train, test, train.num_classes
+    return DataSplits(train, val, test, train.num_classes)
+
+
+def build_datasets(data_cfg):
+    """(train set with augmentation, test set, num_classes) as configured; the training set
+    excludes the validation images of ``data.val_size`` (:func:`build_data` also returns them)."""
+    d = build_data(data_cfg)
+    return d.train, d.test, d.num_classes
 
 
 def num_classes_of(data_cfg) -> int:

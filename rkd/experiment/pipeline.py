@@ -9,10 +9,12 @@ registered :class:`~rkd.methods.registry.MethodSpec`. A run lives in a directory
     <output_dir>/<name>-<timestamp>/
         config.yaml          the fully resolved config
         run.json             MLflow run id, tracking URI, status, device, the models it loaded
-        history.json         per-epoch metrics
+        history.json         per-epoch metrics (``val_*`` on the validation split of
+                             data.val_size; ``test_*`` on the first 1000 test images without one)
         checkpoints/epoch_NNNN.pt (+ .sha256)   resumable trainer state (newest kept)
         model.pt (+ .sha256) final weights of the trained model (state_dict)
-        results.json, results.md   robust-accuracy evaluation (schema in rkd.evaluation.results)
+        results.json, results.md   robust-accuracy evaluation (schema in rkd.evaluation.results,
+                             plus ``splits``: the images of each split, see Prepared.split_record)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from rkd.engine import (
 )
 from rkd.evaluation import accuracy, evaluate, make_results, write_results
 from rkd.evaluation.robust_accuracy import eval_subset
-from rkd.experiment.builders import build_datasets, build_model, num_classes_of, resolve_device
+from rkd.experiment.builders import build_data, build_model, num_classes_of, resolve_device
 from rkd.experiment.model_cache import DEFAULT_OUTPUT_DIR, TeacherRun, ensure_cached
 from rkd.experiment.place import RunPlace
 from rkd.experiment.run_dir import read_run_json, unique_dir, write_run_json
@@ -88,6 +90,18 @@ class Prepared:
     train_set: Any
     test_set: Any
     run_dir: Path
+    val_set: Any = None   # the validation split of data.val_size (None without one)
+
+    def split_record(self) -> dict:
+        """The ``splits`` entry of results.json and run.json: images trained on, held out for
+        validation (``validation_source`` ``"train"``: carved from the training set; None
+        without a split), test images the final evaluation uses (0 with ``eval.enabled``
+        false) and the seed of the splits."""
+        n_test = min(len(self.test_set), self.cfg.eval.max_samples or len(self.test_set))
+        return {"train": len(self.train_set), "validation": 0 if self.val_set is None else len(self.val_set),
+                "test": n_test if self.cfg.eval.enabled else 0,
+                "validation_source": None if self.val_set is None else "train",
+                "split_seed": self.cfg.data.split_seed}
 
     def transfer_source(self) -> LoadedModel | None:
         spec = self.cfg.transfer_source()
@@ -168,9 +182,11 @@ def prepare(cfg: ExperimentConfig, place: RunPlace, shared_data: torch.Tensor | 
     models = load_trained_models(cfg, device, place.parent_run_id)  # first: training one must not shift our RNG
     seed_everything(cfg.seed)
     model = build_model(cfg)  # before the data: a bad model setting fails in a second
-    train_set, test_set, num_classes = build_datasets(cfg.data)
-    if num_classes != num_classes_of(cfg.data):
-        raise ValueError(f"{cfg.data.dataset}: {num_classes} classes in the data, expected {num_classes_of(cfg.data)}")
+    data = build_data(cfg.data)
+    if data.num_classes != num_classes_of(cfg.data):
+        raise ValueError(f"{cfg.data.dataset}: {data.num_classes} classes in the data, "
+                         f"expected {num_classes_of(cfg.data)}")
+    train_set, test_set = data.train, data.test
     roles = by_role(models)
     train_set = training_set(cfg, train_set, roles, device, shared_data)
     method = build_method(cfg.method, model, models=roles, seed=cfg.seed)
@@ -178,7 +194,7 @@ def prepare(cfg: ExperimentConfig, place: RunPlace, shared_data: torch.Tensor | 
     run_dir.mkdir(parents=True, exist_ok=True)
     if place.writer:
         save_config(cfg, run_dir / "config.yaml")
-    return Prepared(cfg, place, device, models, model, method, train_set, test_set, run_dir)
+    return Prepared(cfg, place, device, models, model, method, train_set, test_set, run_dir, data.validation)
 
 
 def training_set(cfg: ExperimentConfig, train_set, models: dict[str, nn.Module], device, shared=None):
@@ -192,14 +208,41 @@ def training_set(cfg: ExperimentConfig, train_set, models: dict[str, nn.Module],
     return spec.use(cfg, train_set, shared)
 
 
-def epoch_eval_fn(cfg: ExperimentConfig, test_set, device):
-    """The method's per-epoch validation; by default clean accuracy on (the first 1000 of)
-    the test set."""
+#: test images of the per-epoch metrics of a run without a validation split
+EPOCH_EVAL_TEST_SAMPLES = 1000
+
+
+def epoch_eval_data(test_set, val_set=None):
+    """``(data, split)`` of the per-epoch metrics: the whole validation split (``"val"``) when
+    the run has one, else the first :data:`EPOCH_EVAL_TEST_SAMPLES` test images (``"test"``);
+    never augmented."""
+    if val_set is not None:
+        return eval_subset(val_set, None), "val"
+    return eval_subset(test_set, EPOCH_EVAL_TEST_SAMPLES), "test"
+
+
+def _as_test_metrics(metrics: dict) -> dict:
+    return {f"test_{k[4:]}" if k.startswith("val_") else k: v for k, v in metrics.items()}
+
+
+def epoch_eval_fn(cfg: ExperimentConfig, test_set, device, val_set=None):
+    """The per-epoch metrics: the method's ``epoch_eval`` hook (default: clean accuracy,
+    ``val_acc``) on :func:`epoch_eval_data`. A hook gets the data to evaluate and names its
+    metrics ``val_*``; without a validation split they are measured on test images, and
+    renamed ``test_*`` (``test_acc``) so that nobody reads them as a validation figure."""
+    data, split = epoch_eval_data(test_set, val_set)
     custom = get_method(cfg.method.name).epoch_eval
     if custom is not None:
-        return custom(cfg, test_set, device)
-    loader = make_loader(eval_subset(test_set, 1000), cfg.data.eval_batch_size)
-    return lambda model: {"val_acc": accuracy(model, loader, device)}
+        fn = custom(cfg, data, device)
+    else:
+        loader = make_loader(data, cfg.data.eval_batch_size)
+
+        def fn(model):
+            return {"val_acc": accuracy(model, loader, device)}
+
+    if split == "val":
+        return fn
+    return lambda model: _as_test_metrics(fn(model))
 
 
 # -------------------------------------------------------------------------------------- train
@@ -212,7 +255,7 @@ def make_trainer(p: Prepared, tracker: MlflowRun, callbacks: Iterable[Callback])
     return Trainer(
         p.method, p.train_set, cfg.train, batch_size=math.ceil(cfg.data.batch_size / place.world_size),
         device=p.device, seed=cfg.seed, num_workers=cfg.data.num_workers, rank=place.rank, sampler=sampler,
-        eval_fn=epoch_eval_fn(cfg, p.test_set, p.device),
+        eval_fn=epoch_eval_fn(cfg, p.test_set, p.device, p.val_set),
         callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(p.run_dir / "history.json"),
                    CheckpointCallback(p.run_dir / "checkpoints", cfg.train.checkpoint_every,
                                       cfg.train.keep_checkpoints),
@@ -253,6 +296,7 @@ def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict
         body = evaluate(model, p.test_set, cfg.resolved_eval(), device=p.device,
                         batch_size=cfg.data.eval_batch_size, source=source and source.module,
                         source_label=source and source.run.cfg.name)
+        body = {**body, "splits": {**p.split_record(), "test": body["num_samples"]}}
         results = make_results(body, run=run_info(cfg, p.run_dir, tracker.run_id, p.roles()),
                                train_wall_time_s=trainer.wall_time)
         tracker.log_results(results, list(write_results(results, p.run_dir)))
@@ -264,6 +308,12 @@ def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict
 
 
 # -------------------------------------------------------------------------------------- track
+def split_tags(splits: dict) -> dict:
+    """A ``splits`` record as MLflow tags (``rkd.split.train``, ``rkd.split.validation``, ...;
+    a missing validation source as ``none``)."""
+    return {f"rkd.split.{k}": "none" if v is None else v for k, v in splits.items()}
+
+
 def open_tracker(p: Prepared) -> MlflowRun:
     cfg, place = p.cfg, p.place
     previous = read_run_json(p.run_dir) if place.resume is True else {}
@@ -278,7 +328,7 @@ def open_tracker(p: Prepared) -> MlflowRun:
 def record_start(p: Prepared, tracker: MlflowRun) -> None:
     uri = resolve_tracking_uri(p.cfg.tracking.tracking_uri) if tracker.enabled else None
     write_run_json(p.run_dir, name=p.cfg.name, mlflow_run_id=tracker.run_id, status="RUNNING", tracking_uri=uri,
-                   device=str(p.device), **p.roles())
+                   device=str(p.device), splits=p.split_record(), **p.roles())
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -298,6 +348,7 @@ def run_experiment(cfg: ExperimentConfig, place: RunPlace | None = None, *, call
     with tracker:
         if place.writer:
             record_start(p, tracker)
+            tracker.set_tags(split_tags(p.split_record()))
         try:
             if place.writer and place.resume is False:
                 tracker.log_config(cfg)

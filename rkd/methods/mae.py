@@ -92,13 +92,15 @@ def _build(cfg: MaeMethod, model, models, seed) -> MaeTraining:
     return MaeTraining(model, stage=cfg.stage, mask_ratio=cfg.mask_ratio)
 
 
-def mae_loss_fn(cfg, test_set, device, max_samples: int | None = 1000):
+def mae_loss_fn(cfg, data, device, max_samples: int | None = None):
     """Per-epoch validation of an MAE: its training loss (of ``stage``) on (the first
-    ``max_samples`` of) the test set, with masks from a fixed seed so epochs are comparable."""
+    ``max_samples`` of) ``data`` -- the run's validation split, or its test images without one
+    (the pipeline then reports ``test_mae_loss``) -- with masks from a fixed seed so epochs
+    are comparable."""
     from rkd.data.loader import make_loader
     from rkd.evaluation.robust_accuracy import eval_subset
 
-    loader = make_loader(eval_subset(test_set, max_samples), cfg.data.eval_batch_size)
+    loader = make_loader(eval_subset(data, max_samples), cfg.data.eval_batch_size)
     m = cfg.method
 
     def fn(model):

@@ -34,7 +34,7 @@ from ray.train.torch import TorchTrainer
 from rkd.config import ExperimentConfig, config_from_dict
 from rkd.config.methods import import_plugin, plugin_sources
 from rkd.engine import Callback
-from rkd.evaluation.metric_names import accuracy_metrics, metric_for_label
+from rkd.evaluation.metric_names import TRANSFER_SUFFIX, accuracy_metrics
 from rkd.experiment import RunOutput, RunPlace, ensure_named_models, run_experiment, unique_dir
 from rkd.orchestration.worker_groups import worker_group_ids
 from rkd.tracking import absolute_tracking_uri, create_run, end_run
@@ -47,22 +47,25 @@ FINAL_FILE = "final.json"
 DONE_KEY, EPOCH_KEY = "finished", "epoch"
 
 
-def final_report(cfg: ExperimentConfig, results: dict | None, objective=None) -> dict:
-    """A run's last report: finished, its planned epochs, every final accuracy, and with
-    ``objective`` (``(metric label, val_samples)``) the metric as ``objective`` on the whole
-    evaluation set."""
+def final_report(cfg: ExperimentConfig, results: dict | None, objective: float | None = None) -> dict:
+    """A run's last report: finished, its planned epochs, every final accuracy (``acc.*``, on
+    the test set) and, given, ``objective``: the objective on the validation split measured
+    with the final weights (:attr:`RayReportCallback.final_objective`) -- never a test figure."""
     final = {DONE_KEY: 1, EPOCH_KEY: cfg.train.epochs, **accuracy_metrics(results)}
-    if objective and results:
-        final["objective"] = final.get(metric_for_label(objective[0]), float("nan"))
+    if objective is not None:
+        final["objective"] = float(objective)
     return final
 
 
 class RayReportCallback(Callback):
     """Report every epoch to Ray Train; rank 0 attaches the trainer state as the checkpoint.
 
-    ``objective``: optional ``fn(model) -> float`` evaluated on rank 0 each epoch and reported
-    as ``objective`` (the per-epoch metric a Tune scheduler reads). ``report``: the reporting
-    function, ``ray.train.report`` in a Train worker, ``ray.tune.report`` in an in-process trial."""
+    ``objective``: optional ``fn(model) -> float`` (:func:`objective_fn`, on the validation
+    split) evaluated on rank 0 each epoch -- only after the last one when ``fn.final_only`` (a
+    transfer metric) -- and reported as ``objective`` (what a Tune scheduler reads; NaN where
+    not measured). The value with the final weights is kept as :attr:`final_objective` for the
+    final report. ``report``: the reporting function, ``ray.train.report`` in a Train worker,
+    ``ray.tune.report`` in an in-process trial."""
 
     def __init__(self, objective: Callable | None = None, report: Callable | None = None,
                  checkpoint_cls: type | None = None, extra: dict | None = None):
@@ -70,6 +73,7 @@ class RayReportCallback(Callback):
         self.report = report or ray.train.report
         self.checkpoint_cls = checkpoint_cls or Checkpoint
         self.extra = extra or {}
+        self.final_objective: float | None = None
 
     def on_epoch_end(self, trainer, epoch, metrics):
         report = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -79,18 +83,29 @@ class RayReportCallback(Callback):
             self.report(report)
             return
         report.update(self.extra)
-        # NaN where the metric is measured at the end only (a transfer metric): Tune expects the key
-        report["objective"] = float(self.objective(trainer.method.model)) if self.objective else float("nan")
+        last = epoch + 1 >= trainer.epochs
+        value = float("nan")  # Tune expects the key
+        if self.objective is not None and (last or not getattr(self.objective, "final_only", False)):
+            value = float(self.objective(trainer.method.model))
+            if last:
+                self.final_objective = value
+        report["objective"] = value
         with tempfile.TemporaryDirectory() as d:
             trainer.save_checkpoint(Path(d) / CHECKPOINT_FILE)
             self.report(report, checkpoint=self.checkpoint_cls.from_directory(d))
+
+    def on_fit_end(self, trainer):
+        # resumed from a checkpoint of the last epoch: no epoch ran, measure the final weights here
+        if trainer.rank == 0 and self.objective is not None and self.final_objective is None:
+            self.final_objective = float(self.objective(trainer.method.model))
 
 
 def train_func(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker (see the module docstring). ``config`` keys: ``cfg`` (the
     resolved experiment config as a dict), ``run_dir``, ``cwd``, ``mlflow_run_id``,
     ``parent_run_id``, ``tags``, ``adversarial_set`` (an ObjectRef of a numpy array, or None),
-    ``objective`` (``(metric label, val_samples)`` or None), ``plugins`` (method modules from
+    ``objective`` (the space's metric label, measured on the run's validation split, or
+    None), ``plugins`` (method modules from
     outside rkd, :func:`rkd.config.methods.plugin_sources`), ``callbacks`` (more trainer
     callbacks, e.g. a test's fault injection)."""
     if config.get("cwd") and Path(config["cwd"]).is_dir():
@@ -108,8 +123,9 @@ def train_func(config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     checkpoint = ray.train.get_checkpoint()
     worker_group = worker_group_ids() if rank == 0 else {}
-    callbacks: list[Callback] = [RayReportCallback(objective_fn(cfg, config.get("objective"), device),
-                                                   extra=worker_group), *(config.get("callbacks") or ())]
+    report_cb = RayReportCallback(objective_fn(cfg, config.get("objective"), device) if rank == 0 else None,
+                                  extra=worker_group)
+    callbacks: list[Callback] = [report_cb, *(config.get("callbacks") or ())]
     adv = shared_tensor(config.get("adversarial_set"))
     place = dict(run_dir=config["run_dir"], rank=rank, world_size=world, attempt=True,
                  mlflow_run_id=config.get("mlflow_run_id"), parent_run_id=config.get("parent_run_id"),
@@ -124,7 +140,7 @@ def train_func(config: dict[str, Any]) -> None:
                                  adversarial_set=adv)
     else:
         out = run_experiment(cfg, RunPlace(**place), callbacks=callbacks, adversarial_set=adv)
-    final = final_report(cfg, out.results, config.get("objective") if rank == 0 else None)
+    final = final_report(cfg, out.results, report_cb.final_objective if config.get("objective") else None)
     _report_final({**final, **worker_group}, rank, out.run_dir if rank == 0 else None)
 
 
@@ -157,25 +173,36 @@ def shared_tensor(ref):
 
 
 def objective_fn(cfg: ExperimentConfig, objective, device):
-    """Per-epoch objective: the space's metric (clean or a white-box attack of ``eval.attacks``)
-    on the first ``val_samples`` test images."""
+    """The objective of a Tune trial, ``fn(model) -> float``: the space's metric ``objective``
+    (``"clean"``, a white-box attack of ``eval.attacks``, or ``"<label> (transfer)"``) on the
+    run's whole validation split (``data.val_size``, carved from the training set exactly as the
+    run carves it) -- never on test images. A transfer metric is measured against the run's
+    transfer source and only after the last epoch (``fn.final_only``); ``fn.data`` is the set
+    it measures. None without ``objective``; ValueError when the config holds no validation
+    split out."""
     if not objective:
         return None
-    label, val_samples = objective
-    if label.endswith("(transfer)"):
-        return None  # measured at the end only (the space validation keeps ASHA off these)
-    from rkd.attacks import build_attack
+    label = objective[0] if isinstance(objective, (tuple, list)) else objective  # (label, size) of older drivers
     from rkd.data.loader import make_loader
-    from rkd.evaluation import accuracy
-    from rkd.evaluation.robust_accuracy import attack_params, eval_subset
-    from rkd.experiment import build_datasets
+    from rkd.evaluation.robust_accuracy import eval_subset
+    from rkd.experiment.builders import build_data
 
-    _, test_set, _ = build_datasets(cfg.data)
-    loader = make_loader(eval_subset(test_set, val_samples), cfg.data.eval_batch_size)
+    val_set = build_data(cfg.data).validation
+    if val_set is None:
+        raise ValueError(f"the objective {label!r} is measured on a validation split, and data.val_size is 0: "
+                         "set data.val_size (a Tune space sets it from val_samples)")
+    data = eval_subset(val_set, None)
+    if label.endswith(TRANSFER_SUFFIX):
+        return _transfer_objective(cfg, label[: -len(TRANSFER_SUFFIX)], data, device)
+    from rkd.attacks import build_attack
+    from rkd.evaluation import accuracy
+    from rkd.evaluation.robust_accuracy import attack_params
+
+    loader = make_loader(data, cfg.data.eval_batch_size)
     attack = None
     if label != "clean":
         a = next(a for a in cfg.eval.attacks if a.label == label)
-        attack = build_attack(a.kind, **attack_params(a, test_set))
+        attack = build_attack(a.kind, **attack_params(a, data))
 
     def fn(model):
         import torch
@@ -183,6 +210,33 @@ def objective_fn(cfg: ExperimentConfig, objective, device):
         torch.manual_seed(cfg.eval.seed)
         return accuracy(model, loader, device, attack)
 
+    fn.data = data
+    return fn
+
+
+def _transfer_objective(cfg: ExperimentConfig, label: str, data, device):
+    """A transfer metric on the validation split: the attack of ``eval.transfer`` labelled
+    ``label`` runs against the transfer source (loaded on first use, from its cache), through
+    the same on-disk adversarial cache as the final evaluation."""
+    from rkd.evaluation.robust_accuracy import transfer_entries
+
+    ev = cfg.resolved_eval()
+    attacks = [a for a in ev.transfer.attacks if a.label == label]
+    ev = ev.model_copy(update={"transfer": ev.transfer.model_copy(update={"attacks": attacks})})
+    source: list = []
+
+    def fn(model):
+        from rkd.experiment.pipeline import load_teacher
+
+        if not source:
+            source.append(load_teacher(cfg.transfer_source(), device, tracking=cfg.tracking,
+                                       output_dir=cfg.output_dir)[0])
+        entries = transfer_entries(model, data, ev, source=source[0], source_label=None, device=device,
+                                   batch_size=cfg.data.eval_batch_size)
+        return entries[0]["accuracy"]
+
+    fn.final_only = True
+    fn.data = data
     return fn
 
 

@@ -7,9 +7,12 @@
 * A trial runs :func:`rkd.experiment.run_experiment` in-process (``scaling.num_workers: 0``), or
   builds a TorchTrainer with :class:`~ray.tune.integration.ray_train.TuneReportCallback` that
   forwards rank 0's reports to Tune.
-* Each epoch reports ``objective`` = the space's metric on the first ``val_samples`` test
-  images (what ASHA reads); the final report carries it on the whole evaluation set, with every
-  accuracy of ``results.json``.
+* Model selection never sees the test set: every trial holds a validation split out of its
+  training set (``data.val_size`` = the space's ``val_samples`` unless the base config sets one;
+  :meth:`~rkd.config.tune_space.LoadedSpace.trial_config`). Each epoch reports ``objective`` =
+  the space's metric on that split (what ASHA reads; a transfer metric after the last epoch
+  only); the final report carries it with the final weights, next to every test accuracy of
+  ``results.json`` (``acc.*``), and the sweep's best trial is the best final ``objective``.
 * A method's shared training data (MACD's one-time adversarial set) is built (or read from its
   disk cache) once by the driver and put in the object store as one contiguous read-only numpy
   array; every trial whose data has the base config's identity reads it from there
@@ -146,7 +149,7 @@ def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id
         tags["rkd.shared_data"] = "object_store" if adv is not None else "disk_cache"
     run_id = create_run(cfg.tracking, cfg.name, tags=tags, parent_run_id=parent_run_id,
                         find_tag=("rkd.trial_id", trial_id))
-    objective = (space.spec.metric, space.spec.val_samples)
+    objective = space.spec.metric  # measured on the trial's validation split (cfg.data.val_size)
     try:
         if cfg.scaling.num_workers == 0:
             _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv, objective)
@@ -172,7 +175,7 @@ def _run_in_process(cfg, run_dir, run_id, parent_run_id, tags, adv_ref, objectiv
             out = run_experiment(cfg, RunPlace(resume=Path(d) / CHECKPOINT_FILE, **place), **kwargs)
     else:
         out = run_experiment(cfg, RunPlace(**place), **kwargs)
-    tune.report(final_report(cfg, out.results, objective))
+    tune.report(final_report(cfg, out.results, cb.final_objective))
 
 
 class _TrialEnd(tune.Callback):
