@@ -1,4 +1,4 @@
-"""``rkd`` command line: train, eval, quickstart, cache, tune, report.
+"""``rkd`` command line: train, eval, export, quickstart, cache, tune, report.
 
 Every command validates its whole configuration before doing any work; a configuration error
 prints the file and key and exits with status 2.
@@ -100,6 +100,23 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from rkd.evaluation.export import ExportError, robustbench_entry
+
+    try:
+        entry = robustbench_entry(args.run_dir, threat=args.threat, name=args.name)
+    except ExportError as exc:
+        print(f"rkd export: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(entry, indent=2)
+    if args.output:
+        __import__("pathlib").Path(args.output).write_text(text + "\n")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from rkd.quickstart import run_quickstart
 
@@ -196,6 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     e.add_argument("--json", action="store_true", help="also print results.json")
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="a finished run as a RobustBench-style JSON entry",
+                       description="Print (or write) RUN_DIR's evaluation as one RobustBench leaderboard entry: "
+                                   "clean and worst-case / AutoAttack accuracy (%) of one threat model, the "
+                                   "attacks and their params, gradient-masking flags, splits, additional data, "
+                                   "config hash. Reads config.yaml and results.json; loads no weights.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  rkd export runs/digits-robust-kd-20261121-101500\n"
+                              "  rkd export RUN_DIR --threat l2:0.5 --name Me2026Distilling -o entry.json")
+    x.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory with results.json")
+    x.add_argument("--threat", metavar="NORM:EPS", default=None,
+                   help="threat model, e.g. linf:8/255 or l2:0.5 (default: the largest Linf ball, else the first)")
+    x.add_argument("--name", default=None, help="entry name (default: the run's config name)")
+    x.add_argument("-o", "--output", metavar="OUT.json", default=None, help="write here instead of stdout")
+    x.set_defaults(func=_cmd_export)
 
     q = sub.add_parser("quickstart", help="the main job: every method on offline digits, one table",
                        description="Train and evaluate each quickstart method on the offline digits data "
