@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rkd.config.numbers import format_eps
+from rkd.config.numbers import format_eps, parse_number
 from rkd.data.loader import make_loader
 from rkd.evaluation import read_results
 from rkd.evaluation.robust_accuracy import eval_subset
@@ -85,8 +85,6 @@ def main(argv=None) -> None:
     p.add_argument("--samples", type=int, default=None, help="first N test images (default: as evaluated)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
-    from rkd.config.numbers import parse_number
-
     eps = parse_number(args.eps)
     runs = [(Path(r), Path(r).name) for r in args.run_dir]
     if args.summary:

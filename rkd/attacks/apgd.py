@@ -51,13 +51,13 @@ and independent of the device, and the caller's RNG stream is not disturbed.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .rng import forked_rng
 from .steps import AttackStep, get_step_class
 
 __all__ = ["apgd", "dlr_loss", "targeted_dlr_loss", "top_wrong_classes", "checkpoints"]
@@ -162,20 +162,6 @@ def _loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, targe
     loss = _per_sample_loss(loss, logits, y, target)
     (grad,) = torch.autograd.grad(loss.sum(), x_adv)
     return loss.detach(), grad.detach(), logits.detach()
-
-
-@contextlib.contextmanager
-def _seeded_rng(x: torch.Tensor, seed: int) -> Iterator[None]:
-    """Fork the RNG (CPU, and the CUDA device of ``x``) and seed exactly those generators."""
-    devices = []
-    if x.device.type == "cuda":
-        devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(int(seed))
-        for d in devices:
-            with torch.cuda.device(d):
-                torch.cuda.manual_seed(int(seed))
-        yield
 
 
 # ------------------------------------------------------------------------------------- one run
@@ -327,7 +313,7 @@ def apgd(
     if eps == 0 or steps == 0:
         return x.clone()
     y = y.detach().to(x.device)
-    with _seeded_rng(x, seed), torch.enable_grad():
+    with forked_rng(x, seed), torch.enable_grad():
         with torch.no_grad():
             logits = model(x)
         _check_classes(logits.shape[1], loss, targets)

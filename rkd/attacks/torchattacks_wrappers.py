@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from .pgd import default_step_size
+from .rng import forked_rng
 
 __all__ = ["autoattack", "cw", "fab", "jitter", "square", "preserve_model_state"]
 
@@ -56,10 +57,7 @@ def preserve_model_state(model: nn.Module, x: Optional[torch.Tensor] = None,
     for p in model.parameters():
         g = p.grad
         grads.append((p, g, None if g is None else g.detach().clone()))
-    devices: list = []
-    if fork_rng and x is not None and x.device.type == "cuda":
-        devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()]
-    rng_ctx = torch.random.fork_rng(devices=devices) if fork_rng else contextlib.nullcontext()
+    rng_ctx = forked_rng(x) if fork_rng else contextlib.nullcontext()
     try:
         with rng_ctx, torch.enable_grad():
             yield

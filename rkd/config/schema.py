@@ -195,11 +195,11 @@ class AttackConfig(Strict):
         if self.name:
             return self.name
         eps = format_eps(self.eps, self.norm)
+        norm = self.norm.upper() if self.norm == "l2" else "Linf"
         if self.kind == "fgsm":
             return f"FGSM {eps}"
         if self.kind == "pgd":
-            return f"PGD-{self.steps} {self.norm.upper() if self.norm == 'l2' else 'Linf'} {eps}"
-        norm = self.norm.upper() if self.norm == "l2" else "Linf"
+            return f"PGD-{self.steps} {norm} {eps}"
         if self.kind == "cw":
             return f"CW c={self.c:g}"
         if self.kind == "apgd":

@@ -110,13 +110,13 @@ import time
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from rkd.attacks import build_attack, pgd
 from rkd.config.schema import MaskingChecksConfig
 from rkd.data.loader import make_loader
+from rkd.evaluation.per_sample import input_gradient_norms, robust_mask
 from rkd.evaluation.subsets import eval_subset
 from rkd.models.modes import evaluation_mode
 
@@ -460,34 +460,29 @@ def check_restarts_change_result(one_run: float, restarted: float, *, restarts: 
 
 # ------------------------------------------------------------------------------------ probes
 class _Prober:
-    """Attacks on the subset (held in memory), model in eval mode (the caller's block)."""
+    """Attacks on the probed subset ``data``, model in eval mode (the caller's block); every
+    probe is seeded with ``seed`` and counts a point only if it is also correct clean."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, *, device,
-                 batch_size: int, seed: int):
-        self.model, self.x, self.y, self.clean = model, x, y, clean
+    def __init__(self, model: nn.Module, data: Dataset, clean: torch.Tensor, *, device, batch_size: int, seed: int):
+        self.model, self.data, self.clean = model, data, clean
         self.device, self.batch_size, self.seed = device, batch_size, seed
         self._pgd: dict[tuple, torch.Tensor] = {}
         self.seconds = 0.0
 
     @property
     def m(self) -> int:
-        return int(self.y.shape[0])
+        return len(self.data)
 
     def robust(self, attack: Callable, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Per example: correct clean and on ``attack``'s example (over ``idx``, default all)."""
+        """Per example of ``idx`` (default all): correct clean and on ``attack``'s example."""
         t0 = time.perf_counter()
-        idx = torch.arange(self.m) if idx is None else idx
+        only = self.clean.clone()
+        if idx is not None:
+            only &= torch.zeros(self.m, dtype=torch.bool).index_fill_(0, idx, True)
         torch.manual_seed(self.seed)
-        ok = []
-        for i in range(0, idx.numel(), self.batch_size):
-            j = idx[i:i + self.batch_size]
-            x, y = self.x[j].to(self.device), self.y[j].to(self.device)
-            x_adv = attack(self.model, x, y)
-            with torch.no_grad():
-                ok.append((self.model(x_adv).argmax(1) == y).cpu())
+        out = robust_mask(self.model, self.data, only, attack, device=self.device, batch_size=self.batch_size)
         self.seconds += time.perf_counter() - t0
-        out = torch.cat(ok) if ok else torch.zeros(0, dtype=torch.bool)
-        return out & self.clean[idx]
+        return out if idx is None else out[idx]
 
     def pgd(self, norm: str, eps: float, steps: int, restarts: int = 1) -> torch.Tensor:
         key = (norm, float(eps), int(steps), int(restarts))
@@ -499,17 +494,9 @@ class _Prober:
     def input_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (Linf, L2) norms of d CE(model(x), y) / dx (summed loss, float64)."""
         t0 = time.perf_counter()
-        linf, l2 = [], []
-        for i in range(0, self.m, self.batch_size):
-            x = self.x[i:i + self.batch_size].to(self.device).requires_grad_(True)
-            y = self.y[i:i + self.batch_size].to(self.device)
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(F.cross_entropy(self.model(x), y, reduction="sum"), x)
-            g = g.flatten(1).double()
-            linf.append(g.abs().amax(dim=1).cpu())
-            l2.append(g.norm(dim=1).cpu())
+        norms = input_gradient_norms(self.model, make_loader(self.data, self.batch_size), self.device)
         self.seconds += time.perf_counter() - t0
-        return torch.cat(linf), torch.cat(l2)
+        return norms["linf"], norms["l2"]
 
 
 def _acc(mask: torch.Tensor) -> float:
@@ -553,16 +540,11 @@ def masking_checks(model: nn.Module, data: Dataset, body: dict, cfg: MaskingChec
         return [results[n] for n in CHECK_NAMES]
     if clean_ok.numel() < m or any(v.numel() < m for v in worst_masks.values()):
         raise ValueError(f"clean_ok / worst_masks cover fewer examples than the {m} probed")
-    xs, ys = [], []
-    for x, y in make_loader(sub, batch_size):
-        xs.append(x)
-        ys.append(y)
-    x, y = torch.cat(xs), torch.cat(ys)
     sub_worst = {t: v[:m] for t, v in worst_masks.items()}
     threat = _probe_threat(white, worst_masks)
 
     with evaluation_mode(model):
-        p = _Prober(model, x, y, clean_ok[:m], device=device, batch_size=batch_size, seed=seed)
+        p = _Prober(model, sub, clean_ok[:m], device=device, batch_size=batch_size, seed=seed)
 
         # --- vanishing input gradients (cheap, first)
         g_linf, g_l2 = p.input_gradients()

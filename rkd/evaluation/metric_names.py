@@ -22,13 +22,18 @@ def attack_metric(label: str, protocol: str = "white-box") -> str:
     return f"{PREFIX}{protocol}.{name}"
 
 
+def ball_label(norm: str, eps_label: str) -> str:
+    """``Linf 8/255``, ``L2 0.5``: a threat model as tables write it."""
+    return f"{'L2' if norm == 'l2' else 'Linf'} {eps_label}"
+
+
 def worst_case_label(norm: str, eps_label: str) -> str:
     """``worst case Linf 8/255``: the column / tune-space label of a threat's worst case."""
-    return f"{WORST_CASE} {'L2' if norm == 'l2' else 'Linf'} {eps_label}"
+    return f"{WORST_CASE} {ball_label(norm, eps_label)}"
 
 
 def worst_case_metric(norm: str, eps_label: str) -> str:
-    return attack_metric(worst_case_label(norm, eps_label)[len(WORST_CASE) + 1:], "worst-case")
+    return attack_metric(ball_label(norm, eps_label), "worst-case")
 
 
 def metric_for_label(label: str) -> str:

@@ -26,7 +26,6 @@ from functools import partial
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,7 +35,8 @@ from rkd.config.numbers import format_eps
 from rkd.config.schema import AttackConfig, EvalConfig
 from rkd.data.loader import make_loader
 from rkd.evaluation.masking_checks import flagged, masking_checks
-from rkd.evaluation.subsets import eval_subset, subset_of
+from rkd.evaluation.per_sample import correct_mask, input_gradient_norms, robust_mask
+from rkd.evaluation.subsets import eval_subset
 from rkd.evaluation.worst_case import (
     grid_threats,
     headline_threat,
@@ -48,40 +48,6 @@ from rkd.evaluation.worst_case import (
 from rkd.models.modes import evaluation_mode
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def correct_mask(model: nn.Module, loader: DataLoader, device, attack: AttackFn | None = None,
-                 distortions: list | None = None) -> torch.Tensor:
-    """Per sample of ``loader`` (in order, on the CPU): classified correctly by ``model`` (in
-    eval mode) and, with ``attack``, also on ``attack(model, x, y)``. With ``distortions`` (a
-    list), the L2 norms ``||x_adv - x||`` of the samples the attack turned wrong are appended."""
-    masks = []
-    with evaluation_mode(model):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            with torch.no_grad():
-                ok = model(x).argmax(1) == y
-            if attack is not None:
-                x_adv = attack(model, x, y)
-                with torch.no_grad():
-                    ok_adv = model(x_adv).argmax(1) == y
-                if distortions is not None:
-                    distortions.append((x_adv - x).flatten(1).norm(dim=1)[ok & ~ok_adv].cpu())
-                ok &= ok_adv
-            masks.append(ok.cpu())
-    return torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
-
-
-def robust_mask(model: nn.Module, data: Dataset, only: torch.Tensor, attack: AttackFn, *, device, batch_size: int,
-                distortions: list | None = None) -> torch.Tensor:
-    """:func:`correct_mask` under ``attack`` for the samples of ``data`` where ``only`` holds;
-    False elsewhere. Attacking a sample that is already wrong cannot change any figure, so the
-    grid and the cascade attack only the samples still correct."""
-    out = torch.zeros(len(data), dtype=torch.bool)
-    idx = only.nonzero().flatten().tolist()
-    if idx:
-        out[idx] = correct_mask(model, make_loader(subset_of(data, idx), batch_size), device, attack, distortions)
-    return out
 
 
 def accuracy(model: nn.Module, loader: DataLoader, device, attack: AttackFn | None = None) -> float:
@@ -337,21 +303,11 @@ def input_gradient_stats(model: nn.Module, loader: DataLoader, device) -> dict:
     batch so each sample's gradient is that of its own loss; norms are accumulated in float64.
     Parameter ``.grad`` is untouched (``torch.autograd.grad``).
     """
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # l2, l1, linf, zero count
-    l2_norms = []
-    total = 0
-    with evaluation_mode(model):
-        for x, y in loader:
-            x, y = x.to(device).detach().requires_grad_(True), y.to(device)
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(x), y, reduction="sum")
-                (g,) = torch.autograd.grad(loss, x)
-            g = g.flatten(1).double()
-            l2_norms.append(g.norm(dim=1).cpu())
-            sums += torch.stack([g.norm(dim=1).sum(), g.abs().sum(), g.abs().amax(dim=1).sum(),
-                                 (g == 0).all(dim=1).sum().double()])
-            total += y.shape[0]
-    l2, l1, linf, zeros = (v / max(total, 1) for v in sums.tolist())
-    median = torch.cat(l2_norms).median().item() if l2_norms else 0.0
-    return {"l2_mean": l2, "l2_median": median, "l1_mean": l1, "linf_mean": linf, "zero_fraction": zeros,
-            "num_samples": total}
+    norms = input_gradient_norms(model, loader, device)
+    n = int(norms["l2"].numel())
+    if n == 0:
+        return {"l2_mean": 0.0, "l2_median": 0.0, "l1_mean": 0.0, "linf_mean": 0.0, "zero_fraction": 0.0,
+                "num_samples": 0}
+    return {"l2_mean": norms["l2"].mean().item(), "l2_median": norms["l2"].median().item(),
+            "l1_mean": norms["l1"].mean().item(), "linf_mean": norms["linf"].mean().item(),
+            "zero_fraction": (norms["linf"] == 0).double().mean().item(), "num_samples": n}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rkd.config.loader import dump_config, flatten
 from rkd.engine.callbacks import Callback
-from rkd.evaluation.metric_names import accuracy_metrics
+from rkd.evaluation.metric_names import accuracy_metrics, worst_case_label
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -176,8 +176,7 @@ def result_tags(results: dict) -> dict[str, str]:
                                      else ",".join(flags) if flags else "none")
     head = results.get("headline")
     if head:
-        norm = "L2" if head["norm"] == "l2" else "Linf"
-        tags["rkd.headline"] = f"worst case {norm} {head['eps_label']} (suite {head['suite']})"
+        tags["rkd.headline"] = f"{worst_case_label(head['norm'], head['eps_label'])} (suite {head['suite']})"
     return tags
 
 
