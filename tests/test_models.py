@@ -266,3 +266,38 @@ def test_input_size_resizes_inside_the_model():
     assert t.feature_module is not None and t(torch.rand(2, 3, 32, 32)).shape == (2, 64)
     with pytest.raises(ValueError, match="InputNormalize"):
         set_input_size(torch.nn.Linear(2, 2), 32)
+
+
+@pytest.mark.parametrize("name, kw", [("resnet18", dict(width=8, layers=[1, 1, 1, 1])),
+                                      ("wide_resnet", dict(depth=10, widen_factor=1))])
+def test_channels_last_is_a_layout_not_a_different_function(name, kw, x):
+    """Weights and stage activations are NHWC by default; ``channels_last=False`` gives NCHW
+    and, with the same weights, the same logits, stage features and input gradients."""
+    torch.manual_seed(0)
+    nhwc = create_model(name, num_classes=10, **kw).eval()
+    nchw = create_model(name, num_classes=10, channels_last=False, **kw).eval()
+    nchw.load_state_dict(nhwc.state_dict())
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert all(p.is_contiguous() for p in nchw.parameters())
+    feats_a, logits_a = nhwc.forward_intermediates(x, return_logits=True)
+    feats_b, logits_b = nchw.forward_intermediates(x, return_logits=True)
+    assert feats_a[0].is_contiguous(memory_format=torch.channels_last) and feats_b[0].is_contiguous()
+    torch.testing.assert_close(logits_a, logits_b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(feats_a, feats_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    grads = []
+    for m in (nhwc, nchw):
+        xi = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(m(xi).logsumexp(1).sum(), xi)[0])
+    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-6)
+
+
+def test_channels_last_knob_reaches_the_model_and_is_refused_where_it_means_nothing():
+    from rkd.config import ConfigError, load_config
+    from rkd.experiment import build_model
+
+    cfg = load_config("preset:digits_standard", ["model.channels_last=false"])
+    assert build_model(cfg).channels_last is False and build_model(load_config("preset:digits_standard")).channels_last
+    with pytest.raises(ConfigError, match="model.channels_last"):
+        load_config("preset:digits_mae", ["model.channels_last=true"])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .base import FeatureModel
+from .memory_format import to_channels_last
 from .normalize import StatsArg, build_normalize
 from .registry import register_model
 
@@ -71,6 +72,7 @@ class WideResNet(FeatureModel):
         in_chans: input channels.
         mean, std: normalisation statistics, a stats name or per-channel values; default CIFAR-10.
         drop_rate: dropout before the classifier.
+        channels_last: weights and activations in NHWC (rkd.models.memory_format).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class WideResNet(FeatureModel):
         mean: StatsArg = None,
         std: StatsArg = None,
         drop_rate: float = 0.0,
+        channels_last: bool = True,
     ):
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
@@ -124,9 +127,15 @@ class WideResNet(FeatureModel):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # see rkd.models.memory_format
+            self.to(memory_format=torch.channels_last)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv1(self.normalize(x))
+        return self.conv1(self._layout(self.normalize(x)))
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return to_channels_last(x) if self.channels_last else x
 
     def get_stages(self) -> Sequence[nn.Module]:
         return (self.layer1, self.layer2, self.layer3)
