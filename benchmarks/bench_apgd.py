@@ -104,6 +104,22 @@ def load_average() -> str:
         return "n/a"
 
 
+def model_under_test(args) -> tuple:
+    """(model in eval mode, test set, where it came from): ``--run-dir``'s model or a quick one;
+    sets ``--threads`` first. Shared by the benchmarks that take these options."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.run_dir:
+        from rkd.experiment.reevaluate import load_trained_model
+
+        _, model, test_set = load_trained_model(args.run_dir)
+        source = args.run_dir
+    else:
+        (model, test_set), t_train, _ = timed(lambda: quick_model(args.epochs))
+        source = f"digits_standard architecture, {args.epochs} epochs ({t_train:.0f} s)"
+    return model.eval(), test_set, source
+
+
 def torchattacks_apgd(model, x, y, norm, eps, steps, targets):
     import torchattacks
 
@@ -127,18 +143,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=1, help="best of this many calls of each attack")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    if args.run_dir:
-        from rkd.experiment.reevaluate import load_trained_model
-
-        _, model, test_set = load_trained_model(args.run_dir)
-        source = args.run_dir
-    else:
-        (model, test_set), t_train, _ = timed(lambda: quick_model(args.epochs))
-        source = f"digits_standard architecture, {args.epochs} epochs ({t_train:.0f} s)"
-    model.eval()
+    model, test_set, source = model_under_test(args)
     x, y = test_set.images[:args.n], test_set.labels[:args.n]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model: {source}")
     print(f"{args.n} test images, clean accuracy {robust_acc(model, x, y):.1f}%, {args.steps} steps, seed 0, "
