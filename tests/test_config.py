@@ -290,3 +290,9 @@ def test_identity_leaves_out_what_cannot_change_the_weights():
     assert identity_key(base) != identity_key(load_config("preset:digits_robust_kd", ["data.batch_size=17"]))
     data = identity(base.data, (RUN, LOADER))
     assert "batch_size" not in data and "augment" not in data and "half" in data
+
+
+def test_amp_is_refused_for_the_jacobian_term_and_allowed_without_it():
+    with pytest.raises(ConfigError, match=r"train.amp must be false while method.gamma > 0"):
+        load_config("preset:digits_robust_kd", ["train.amp=true"])
+    assert load_config("preset:digits_robust_kd", ["train.amp=true", "method.gamma=0"]).train.amp

@@ -59,6 +59,14 @@ class RobustKDMethod(DistillationConfig):
     def constrained_jacobian_stages(self) -> list[int]:
         return list(self.jacobian_stages if self.jacobian_stages is not None else self.stages)
 
+    def check(self, cfg) -> None:
+        if cfg.train.amp and self.gamma > 0:
+            raise ValueError(
+                "train.amp must be false while method.gamma > 0: the Jacobian loss is a difference of two "
+                "nearly equal input-gradient products (a double backward) that fp16 overflows without a loss scale "
+                "far below 1 and bf16 moves by orders of magnitude (benchmarks/gpu_check.py prints the terms); "
+                "rkd runs it in fp32 only (README, Numerics)")
+
     def check_architecture(self, cfg, model) -> None:
         n = model.num_stages
         for key in ("stages", "jacobian_stages"):
