@@ -12,6 +12,7 @@ import sys
 
 from rkd.config import ConfigError, list_presets, load_config
 from rkd.config.schema import ExperimentConfig
+from rkd.interrupt import Terminated, sigterm_as_interrupt
 
 #: where runs with the default output_dir keep the adversarial cache
 DEFAULT_ADV_CACHE = f"{ExperimentConfig.model_fields['output_dir'].default}/adv_cache"
@@ -121,7 +122,8 @@ def _cmd_quickstart(args) -> int:
     from rkd.quickstart import run_quickstart
 
     try:
-        run_quickstart(args.overrides, output_dir=args.output_dir, only=args.only, parallel=args.parallel)
+        run_quickstart(args.overrides, output_dir=args.output_dir, only=args.only, parallel=args.parallel,
+                       full=args.full)
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -240,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--only", nargs="+", metavar="METHOD", help="run only these (e.g. standard adversarial)")
     q.add_argument("--parallel", type=int, default=1,
                    help="trials at once (default 1: each gets every CPU, so the train times compare)")
+    q.add_argument("--full", action="store_true",
+                   help="also the Robust-KD ablation rows (w/o L_J, w/o L_fm; Table 9's other rows)")
     q.set_defaults(func=_cmd_quickstart)
 
     c = sub.add_parser("cache", help="the content-addressed cache of one-time adversarial examples",
@@ -289,8 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    sigterm_as_interrupt()  # kill/timeout/Slurm/Kubernetes stop a run as Ctrl-C does
     try:
         return args.func(args)
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"rkd: {how}; a stopped run is recorded KILLED and keeps its newest checkpoint "
+              "(rkd train --resume RUN_DIR continues it)", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except ConfigError as exc:
         print(f"rkd: {exc}", file=sys.stderr)
         return 2

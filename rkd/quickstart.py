@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -27,6 +28,7 @@ from rkd.config import TrackingConfig, load_config
 from rkd.config.schema import TeacherConfig
 from rkd.evaluation import comparison_table, distillation_table, read_results
 from rkd.experiment import ensure_named_models, ensure_teacher, unique_dir
+from rkd.experiment.progress import Progress
 from rkd.tracking import MlflowRun, resolve_tracking_uri
 
 #: (table label, preset) in table order; presets whose name contains "teacher" are teachers
@@ -37,12 +39,17 @@ QUICKSTART_METHODS: list[tuple[str, str]] = [
     ("TRADES (beta 6, PGD-7 Linf 8/255)", "preset:digits_trades"),
     ("robust teacher: AT L2 0.5 on digits+", "preset:digits_teacher_plus"),
     ("Shafahi et al. (digits+ -> digits-)", "preset:digits_shafahi"),
-    ("Robust-KD w/o L_J (digits+ -> digits-)", "preset:digits_robust_kd_no_jacobian"),
-    ("Robust-KD w/o L_fm (digits+ -> digits-)", "preset:digits_robust_kd_no_features"),
     ("Robust-KD (digits+ -> digits-)", "preset:digits_robust_kd"),
     ("MACD (MAE teacher, one-time PGD-40 set)", "preset:digits_macd"),
     ("DD teacher: standard at T=20", "preset:digits_dd_teacher"),
     ("defensive distillation (T=20)", "preset:digits_defensive_distillation"),
+]
+#: rows of ``--full`` only (the Robust-KD ablations, Table 9's other rows), inserted before
+#: the row of ``ABLATIONS_BEFORE``; ``--only`` may name them too
+ABLATIONS_BEFORE = "preset:digits_robust_kd"
+ABLATION_METHODS: list[tuple[str, str]] = [
+    ("Robust-KD w/o L_J (digits+ -> digits-)", "preset:digits_robust_kd_no_jacobian"),
+    ("Robust-KD w/o L_fm (digits+ -> digits-)", "preset:digits_robust_kd_no_features"),
 ]
 #: rows of the defensive-distillation table (keys as in :func:`method_keys`)
 DISTILLATION_ROWS = ("standard", "dd_teacher", "defensive_distillation")
@@ -66,13 +73,25 @@ def _split_override(item: str) -> tuple[str | None, str]:
     return None, item
 
 
+def all_methods() -> list[tuple[str, str]]:
+    """Every quickstart row, the ``--full`` ablations included, in table order."""
+    at = next(i for i, (_, p) in enumerate(QUICKSTART_METHODS) if p == ABLATIONS_BEFORE)
+    return QUICKSTART_METHODS[:at] + ABLATION_METHODS + QUICKSTART_METHODS[at:]
+
+
 def method_keys() -> list[str]:
-    """Short names of the quickstart methods (``standard``, ``adversarial``, ...)."""
-    return [_key(p) for _, p in QUICKSTART_METHODS]
+    """Short names of the quickstart methods (``standard``, ``adversarial``, ...), ablations included."""
+    return [_key(p) for _, p in all_methods()]
 
 
 def _is_teacher(preset: str) -> bool:
     return "teacher" in _key(preset)
+
+
+def _named_by_others(configs: list) -> set[str]:
+    """Presets that some loaded row names as a model it needs (a teacher, MACD's source)."""
+    return {spec.config for _, _, c in configs if not isinstance(c, TeacherConfig)
+            for spec in c.method.trained_models().values() if spec.config is not None}
 
 
 def _with_shared_transfer(configs: list) -> list:
@@ -88,23 +107,22 @@ def _with_shared_transfer(configs: list) -> list:
             for label, preset, c in configs]
 
 
-def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
-                   out=sys.stdout, parallel: int = 1) -> dict:
-    """Run the quickstart.
-
-    ``overrides`` are ``key=value`` for every method (teachers included), or
-    ``METHOD:key=value`` for one (METHOD as in :func:`method_keys`, e.g.
-    ``adversarial:method.attack.steps=3``). Every config is loaded and validated before the
-    first run starts. Teachers are trained first (once, cached); then every other row is a
-    trial of one Ray Tune launch on a local cluster started here (or ``$RAY_ADDRESS``),
-    ``parallel`` at a time (1: each trial has all CPUs, so train times compare).
-    """
+def quickstart_configs(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
+                       full: bool = False) -> list[tuple[str, str, object]]:
+    """The rows the quickstart runs, ``(label, preset, config)`` in table order, every config
+    loaded and validated: a :class:`TeacherConfig` for a row served from the teacher cache (the
+    teachers, and any row that another row names as a model it needs), an
+    :class:`ExperimentConfig` for a row that runs as a trial. Arguments as :func:`run_quickstart`'s."""
     keys = method_keys()
     targeted = [_split_override(o) for o in overrides]  # (method or None, key=value)
     for (target, _), o in zip(targeted, overrides):
         if target is not None and target not in keys:
             raise ValueError(f"override {o!r}: unknown quickstart method {target!r}; choose from {keys}")
-    chosen = [(label, preset) for label, preset in QUICKSTART_METHODS if only is None or _key(preset) in set(only)]
+    unknown = sorted(set(only or ()) - set(keys))
+    if unknown:
+        raise ValueError(f"--only {' '.join(unknown)}: unknown quickstart method; choose from {keys}")
+    wanted = set(only) if only is not None else {_key(p) for _, p in (all_methods() if full else QUICKSTART_METHODS)}
+    chosen = [(label, preset) for label, preset in all_methods() if _key(preset) in wanted]
     if not chosen:
         raise ValueError(f"no quickstart method matches {list(only or [])}; choose from {keys}")
     teacher_cache = str(Path(output_dir) / "teachers")
@@ -129,7 +147,29 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
                 mine += [f"method.{role}.cache_dir={teacher_cache}",
                          f"method.{role}.overrides={json.dumps(cached.overrides)}"]
         configs.append((label, preset, load_config(preset, mine)))
+    # a row another row names (the standard model is MACD's transfer source) is that cached
+    # model itself: trained and evaluated once, in the driver, like the teachers
+    named = _named_by_others(configs)
+    configs = [(label, preset, teacher_spec(preset) if preset in named else c) for label, preset, c in configs]
     configs = _with_shared_transfer(configs)
+    return configs
+
+
+def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
+                   out=sys.stdout, parallel: int = 1, full: bool = False) -> dict:
+    """Run the quickstart.
+
+    ``overrides`` are ``key=value`` for every method (teachers included), or
+    ``METHOD:key=value`` for one (METHOD as in :func:`method_keys`, e.g.
+    ``adversarial:method.attack.steps=3``). Every config is loaded and validated before the
+    first run starts. Teachers are trained first (once, cached); then every other row is a
+    trial of one Ray Tune launch on a local cluster started here (or ``$RAY_ADDRESS``),
+    ``parallel`` at a time (1: each trial has all CPUs, so train times compare). A row that
+    another row names as a model it needs (the standard model, MACD's transfer source) is served
+    from the teacher cache instead of being trained twice. ``full`` adds the Robust-KD
+    ablation rows (:data:`ABLATION_METHODS`); ``only`` picks rows by key from all of them.
+    """
+    configs = quickstart_configs(overrides, output_dir=output_dir, only=only, full=full)
     qdir = unique_dir(output_dir, "quickstart")
     first = configs[0][2]
     tracking: TrackingConfig = (load_config(first.config, first.overrides) if isinstance(first, TeacherConfig)
@@ -139,13 +179,18 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     with MlflowRun(tracking, run_name="quickstart", tags={"rkd.kind": "quickstart"}) as parent:
         # 1. teachers, in table order, trained once (or found in the cache) by this process;
         #    also whatever the other rows load (MAE teacher, MACD's standard source)
+        progress = Progress(len(configs), out=out)
+        labels = {_key(p): label for label, p, _ in configs}
         teachers = {}
         for label, preset, cfg in configs:
             if isinstance(cfg, TeacherConfig):
-                print(f"== {label}: teacher {preset}", file=out, flush=True)
+                progress.note(f"{label}: {preset}, trained once through the teacher cache")
+                t0 = time.monotonic()
                 teachers[preset] = ensure_teacher(cfg, parent_run_id=parent.run_id, tracking=tracking,
                                                  output_dir=output_dir)
-            else:
+                progress.done(label, time.monotonic() - t0, cached=not teachers[preset].trained_now)
+            elif cfg.trained_models():
+                progress.note(f"models that {label} needs: {', '.join(cfg.trained_models())}")
                 ensure_named_models(cfg, parent_run_id=parent.run_id, tracking=tracking)
         # 2. every other row: one Tune launch on the local Ray cluster
         students = {_key(p): c for _, p, c in configs if not isinstance(c, TeacherConfig)}
@@ -154,11 +199,12 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
             from rkd.orchestration import connect
             from rkd.orchestration.tune import launch_runs
 
-            print(f"== {len(students)} runs as one Tune launch ({parallel} at a time): {', '.join(students)}",
-                  file=out, flush=True)
+            progress.note(f"{len(students)} runs as one Tune launch ({parallel} at a time): {', '.join(students)}")
             connect(num_cpus=os.cpu_count(), tracking_uri=tracking.tracking_uri)
-            launched = launch_runs(students, qdir, parent_run_id=parent.run_id, max_concurrent_trials=parallel,
-                                   name=qdir.name)
+            launched = launch_runs(
+                students, qdir, parent_run_id=parent.run_id, max_concurrent_trials=parallel, name=qdir.name,
+                on_start=lambda key: progress.note(f"{labels[key]}: training and evaluation"),
+                on_end=lambda key, seconds, error: progress.done(labels[key] + (" FAILED" if error else ""), seconds))
         failed = {k: v["error"] for k, v in launched.items() if v.get("error")}
         if failed:
             raise RuntimeError("quickstart runs failed: " + "; ".join(f"{k}: {e}" for k, e in failed.items()))
@@ -191,8 +237,11 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
                            f"against the standard model ({source}, trained once and cached) and each model "
                            "classifies the resulting examples (MACD's published protocol); white-box: the attacks "
                            "run against each model itself. A sample counts when the model is right on both the "
-                           "clean image and the attacked one. MACD's train time excludes its MAE teacher and the "
-                           f"one-time adversarial set.\n\n{comparison_table(macd_rows, MACD_WHITE_BOX, ('transfer',))}")
+                           "clean image and the attacked one. The standard model is the transfer source itself, "
+                           "so its transfer cells stay empty (examples made against a model and fed back to it are "
+                           "a white-box attack: see its white-box columns). MACD's train time excludes its MAE "
+                           "teacher and the one-time adversarial set.\n\n"
+                           + comparison_table(macd_rows, MACD_WHITE_BOX, ("transfer",)))
         dd_rows = [(r["label"], r["results"]) for r in runs if r["key"] in DISTILLATION_ROWS]
         if any(r.get("jsma") or r.get("input_gradient") for _, r in dd_rows):
             summary_md += ("\n## Defensive distillation\n\nAccuracy (%) under FGSM and CW, targeted JSMA "
@@ -210,5 +259,5 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         print(f"Runs are in MLflow ({uri}), experiment '{tracking.experiment}'. Browse them with:\n"
               f"    mlflow ui --backend-store-uri {uri}\n"
               f"and open http://127.0.0.1:5000", file=out)
-    print(f"Run directories: {qdir} (teachers: {teacher_cache})", file=out)
+    print(f"Run directories: {qdir} (teachers: {Path(output_dir) / 'teachers'})", file=out)
     return {"dir": str(qdir), "table": table, "runs": runs}

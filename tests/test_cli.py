@@ -54,7 +54,9 @@ def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides,
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "rkd.ray_workers" not in run.data.tags
-    assert "acc.white-box.PGD-3_L2_0.5" in run.data.metrics  # eval added to the same run
+    assert "acc.white-box.PGD-3_L2_0.5" not in run.data.metrics  # the re-evaluation is a run of its own
+    child = client.get_run(json.loads((run_dir / "run.json").read_text())["last_evaluation"]["mlflow_run_id"])
+    assert "acc.white-box.PGD-3_L2_0.5" in child.data.metrics and child.data.tags["mlflow.parentRunId"] == run_id
     assert len(client.get_metric_history(run_id, "train_loss")) == 2
     arts = {a.path for a in client.list_artifacts(run_id)}
     assert {"results.json", "results.md", "config.yaml"} <= arts

@@ -63,6 +63,18 @@ def test_grid_entries_and_monotone_in_eps(setup):
     assert pts[2]["accuracy"] <= pts[0]["accuracy"]
 
 
+def test_evaluation_reports_each_part_as_it_ends(setup):
+    model, test = setup
+    cfg = load_config(None, ["eval.max_samples=20", "eval.attacks=[{kind: fgsm, eps: 8/255}]",
+                             "eval.worst_case.suite=fast", "eval.worst_case.threats=[{norm: linf, eps: 8/255}]",
+                             "eval.checks.max_samples=10", "eval.checks.black_box_queries=5"]).eval
+    lines: list[str] = []
+    res = evaluate(model, test, cfg, device="cpu", log=lines.append)
+    assert [line.split(":")[1].split()[0] for line in lines] == ["clean", "worst", "masking"]
+    assert all(line.startswith("eval: ") and line.endswith(" s)") for line in lines)
+    assert f"{res['clean_accuracy']:.1%}" in lines[0] and f"{res['worst_case'][0]['accuracy']:.1%}" in lines[1]
+
+
 def test_eps_zero_gives_clean_accuracy(setup):
     model, test = setup
     cfg = load_config(None, ["eval.attacks=[{kind: pgd, eps: 0}, {kind: fgsm, eps: 0}]"]).eval

@@ -284,3 +284,16 @@ def test_sweep_of_torch_trainers_gives_back_the_workers_of_a_stopped_trial(ray_c
     while time.time() < deadline and ray.available_resources().get("CPU", 0) < 4:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) == 4
+
+
+def test_auto_device_is_what_ray_granted(ray_cluster, monkeypatch):
+    """A zero-GPU trial resolves ``device: auto`` to the CPU even where the machine has GPUs."""
+    import ray
+
+    from rkd.orchestration.tune import granted_device
+
+    assert ray.get(ray.remote(num_cpus=0, num_gpus=0)(granted_device).remote("auto")) == "cpu"
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    assert granted_device("auto") == "cuda" and granted_device("cpu") == "cpu"
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert granted_device("auto") == "cpu" and granted_device("cuda:1") == "cuda:1"

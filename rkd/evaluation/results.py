@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from pathlib import Path
 
 from rkd.evaluation.metric_names import worst_case_label
@@ -80,6 +81,24 @@ def write_results(results: dict, directory: str | Path) -> tuple[Path, Path]:
     md = directory / "results.md"
     md.write_text(results_markdown(results))
     return js, md
+
+
+def archive_results(directory: str | Path) -> Path | None:
+    """Copy ``directory``'s ``results.json`` (and ``results.md``) to
+    ``history/results-<UTC time>.json`` before new results replace them; the copy's path, or
+    None when there were none."""
+    directory = Path(directory)
+    current = directory / "results.json"
+    if not current.is_file():
+        return None
+    history = directory / "history"
+    history.mkdir(exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    kept = history / f"results-{stamp}.json"
+    shutil.copy2(current, kept)
+    if (directory / "results.md").is_file():
+        shutil.copy2(directory / "results.md", kept.with_suffix(".md"))
+    return kept
 
 
 def read_results(path: str | Path) -> dict:

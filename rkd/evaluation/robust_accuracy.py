@@ -84,14 +84,17 @@ def attack_entry(cfg: AttackConfig, acc: float, seconds: float, protocol: str = 
 
 
 def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, batch_size: int = 256,
-             source: nn.Module | None = None, source_label: str | None = None) -> dict:
+             source: nn.Module | None = None, source_label: str | None = None,
+             log: Callable[[str], None] | None = None) -> dict:
     """Run the clean + attack grid + optional step sweep, JSMA and input-gradient statistics,
-    and (``cfg.transfer``) the transfer protocol against ``source``; returns the results dict body."""
+    and (``cfg.transfer``) the transfer protocol against ``source``; returns the results dict body.
+    ``log`` gets one line as each part ends (what ran, its figure, its seconds)."""
     if cfg.transfer is not None and source is None:
         raise ValueError("eval.transfer needs the source model")
     data = eval_subset(test_set, cfg.max_samples)
     loader = make_loader(data, batch_size)
     t_start = time.perf_counter()
+    lap = _Lap(log)
     out: dict = {"num_samples": len(data)}
     clean_ok = correct_mask(model, loader, device)
     out["clean_accuracy"] = clean_ok.float().mean().item()
@@ -108,25 +111,44 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
         if dists is not None:  # CW is unbounded: its accuracy means something only with its distortion
             d = torch.cat(dists) if dists else torch.zeros(0)
             entries[-1]["median_l2_distortion"] = d.median().item() if d.numel() else None
+    lap(f"clean {out['clean_accuracy']:.1%}, {len(entries)} grid attacks")
     worst, worst_masks = worst_case(model, data, cfg, clean_ok, masks, device=device, batch_size=batch_size)
+    lap("worst case " + ", ".join(f"{w['norm']} {w['eps_label']} {w['accuracy']:.1%}" for w in worst))
     if cfg.transfer is not None:
         entries += transfer_entries(model, data, cfg, source=source, source_label=source_label, device=device,
                                     batch_size=batch_size)
+        lap(f"transfer protocol against {source_label}")
     out["attacks"] = entries
     out["worst_case"] = worst
     out["headline"] = headline_of(worst)
     out["step_sweep"] = step_sweep(model, loader, cfg, device) if cfg.step_sweep else None
     out["jsma"] = jsma_eval(model, data, cfg, device, _num_classes(test_set), batch_size) if cfg.jsma else None
     out["input_gradient"] = input_gradient_stats(model, loader, device) if cfg.input_gradient else None
+    if cfg.step_sweep or cfg.jsma or cfg.input_gradient:
+        lap("step sweep, JSMA, input gradients (as configured)")
     if cfg.checks.enabled:
         out["checks"] = masking_checks(model, data, out, cfg.checks, worst_masks=worst_masks, clean_ok=clean_ok,
                                        device=device, batch_size=batch_size,
                                        num_classes=_classes_of(model, data, device), seed=cfg.seed)
         out["flags"] = flagged(out["checks"])
+        lap(f"masking checks: {', '.join(out['flags']) or 'none flagged'}")
     else:
         out["checks"], out["flags"] = None, None
     out["eval_wall_time_s"] = time.perf_counter() - t_start
     return out
+
+
+class _Lap:
+    """Calls ``log`` with a line and the seconds since the previous line (no-op without ``log``)."""
+
+    def __init__(self, log: Callable[[str], None] | None):
+        self.log, self.t = log, time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        now = time.perf_counter()
+        if self.log is not None:
+            self.log(f"eval: {text} ({now - self.t:.0f} s)")
+        self.t = now
 
 
 def worst_case(model: nn.Module, data: Dataset, cfg: EvalConfig, clean_ok: torch.Tensor,

@@ -20,7 +20,9 @@ registered :class:`~rkd.methods.registry.MethodSpec`. A run lives in a directory
 from __future__ import annotations
 
 import math
+import sys
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -51,7 +53,9 @@ from rkd.evaluation.robust_accuracy import eval_subset
 from rkd.experiment.builders import build_data, build_model, num_classes_of, resolve_device
 from rkd.experiment.model_cache import DEFAULT_OUTPUT_DIR, TeacherRun, ensure_cached
 from rkd.experiment.place import RunPlace
-from rkd.experiment.run_dir import read_run_json, unique_dir, write_run_json
+from rkd.experiment.run_claim import CLAIM_FILE, claimed
+from rkd.experiment.run_dir import read_run_json, run_status, unique_dir, write_run_json
+from rkd.interrupt import STOPPED
 from rkd.methods import build_method, get_method
 from rkd.tracking import MlflowRun, resolve_tracking_uri
 
@@ -169,10 +173,24 @@ def check_run_dir(place: RunPlace) -> None:
     d = place.run_dir
     if d is None:
         return
+    if place.resume is True and run_status(d) == "FINISHED":
+        raise FileExistsError(f"run {d} has finished: nothing to resume (rkd eval {d} evaluates it again)")
     if place.resume is True and latest_checkpoint(d / "checkpoints") is None:
         raise FileNotFoundError(f"nothing to resume in {d}: no checkpoints/epoch_*.pt")
-    if place.resume is False and not place.attempt and place.writer and d.is_dir() and any(d.iterdir()):
+    if (place.resume is False and not place.attempt and place.writer and d.is_dir()
+            and any(f.name != CLAIM_FILE for f in d.iterdir())):
         raise FileExistsError(f"run directory {d} is not empty; resume it or choose another")
+
+
+def run_dir_claim(place: RunPlace):
+    """The writer's exclusive claim on its given run directory (rkd.experiment.run_claim), taken
+    before any work; a nothing-to-do context for other ranks, fresh directories and a resume
+    whose directory is missing (check_run_dir refuses that)."""
+    d = place.run_dir
+    if d is None or not place.writer or (place.resume is not False and not d.is_dir()):
+        return nullcontext()
+    d.mkdir(parents=True, exist_ok=True)
+    return claimed(d)
 
 
 def prepare(cfg: ExperimentConfig, place: RunPlace, shared_data: torch.Tensor | None = None) -> Prepared:
@@ -286,6 +304,11 @@ def run_info(cfg: ExperimentConfig, run_dir: Path, mlflow_run_id: str | None, ro
             "run_dir": str(run_dir), "mlflow_run_id": mlflow_run_id, **roles}
 
 
+def eval_log(name: str):
+    """Where the evaluation's progress lines go: stderr, prefixed like the epoch lines."""
+    return lambda line: print(f"[{name}] {line}", file=sys.stderr, flush=True)
+
+
 def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict | None:
     """Rank 0: the final weights, the evaluation (when enabled) and the logged model."""
     cfg, model = p.cfg, p.model
@@ -295,7 +318,7 @@ def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict
         source = p.transfer_source()
         body = evaluate(model, p.test_set, cfg.resolved_eval(), device=p.device,
                         batch_size=cfg.data.eval_batch_size, source=source and source.module,
-                        source_label=source and source.run.cfg.name)
+                        source_label=source and source.run.cfg.name, log=eval_log(cfg.name))
         body = {**body, "splits": {**p.split_record(), "test": body["num_samples"]}}
         results = make_results(body, run=run_info(cfg, p.run_dir, tracker.run_id, p.roles()),
                                train_wall_time_s=trainer.wall_time)
@@ -343,6 +366,11 @@ def run_experiment(cfg: ExperimentConfig, place: RunPlace | None = None, *, call
     if place is not None and where:
         raise TypeError("give a RunPlace or its fields, not both")
     place = place or RunPlace(**where)
+    with run_dir_claim(place):
+        return _run_claimed(cfg, place, callbacks, adversarial_set)
+
+
+def _run_claimed(cfg: ExperimentConfig, place: RunPlace, callbacks, adversarial_set) -> RunOutput:
     p = prepare(cfg, place, adversarial_set)
     tracker = open_tracker(p)
     with tracker:
@@ -357,8 +385,9 @@ def run_experiment(cfg: ExperimentConfig, place: RunPlace | None = None, *, call
             trainer.fit()
             results = evaluate_and_save(p, tracker, trainer) if place.writer else None
         except BaseException as exc:
-            if place.writer:
-                write_run_json(p.run_dir, status="FAILED", error=f"{type(exc).__name__}: {exc}"[:2000])
+            if place.writer:  # as MlflowRun ends it: stopped from outside (Ctrl-C, SIGTERM) is KILLED
+                write_run_json(p.run_dir, status="KILLED" if isinstance(exc, STOPPED) else "FAILED",
+                               error=f"{type(exc).__name__}: {exc}"[:2000])
             raise
         if place.writer:
             write_run_json(p.run_dir, status="FINISHED", train_wall_time_s=trainer.wall_time)

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -127,6 +128,15 @@ def shared_data_identity(cfg: ExperimentConfig) -> str | None:
     return spec.identity(cfg) if spec is not None else None
 
 
+def granted_device(device: str) -> str:
+    """``device: auto`` in a Ray task or actor: CUDA only when Ray granted this process a GPU.
+    Ray does not hide a machine's GPUs from a process that asked for none, so ``auto`` alone
+    would put every zero-GPU trial on cuda:0, outside Ray's accounting."""
+    if device != "auto":
+        return device
+    return "cuda" if ray.get_gpu_ids() else "cpu"
+
+
 def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id: str | None, shared,
            cwd: str, plugins: list[str]) -> None:
     """One trial: the base config with this sample; reports each epoch and at the end."""
@@ -139,6 +149,7 @@ def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id
     trial_id = ctx.get_trial_id()
     base = space.trial_config(sample)
     cfg = absolute_paths(space.trial_config(sample, [f"name={base.name}-{trial_id}"]))
+    cfg = cfg.model_copy(update={"device": granted_device(cfg.device)})
     run_dir = Path(cfg.output_dir) / sweep / trial_id
     tags = {"rkd.sweep": sweep, "rkd.trial_id": trial_id, "rkd.method": cfg.method.name,
             "rkd.sample": json.dumps(sample)}
@@ -323,13 +334,40 @@ def _run_row(config: dict[str, Any], *, configs: dict, out_dir: str, parent_run_
                  **accuracy_metrics(out.results)})
 
 
+class _RowEvents(tune.Callback):
+    """Driver side: calls ``on_start(key)`` and ``on_end(key, seconds, error)`` as each row's
+    trial starts and ends (for a caller's progress line)."""
+
+    def __init__(self, on_start: Callable[[str], None] | None, on_end: Callable[[str, float, str | None], None]):
+        self.on_start, self.on_end = on_start, on_end
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.monotonic()
+        if self.on_start is not None:
+            self.on_start(trial.config["row"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "failed")
+
+    def _end(self, trial, error: str | None) -> None:
+        seconds = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
+        self.on_end(trial.config["row"], seconds, error)
+
+
 def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, parent_run_id: str | None = None,
-                max_concurrent_trials: int = 1, name: str = "runs") -> dict[str, dict]:
+                max_concurrent_trials: int = 1, name: str = "runs",
+                on_start: Callable[[str], None] | None = None,
+                on_end: Callable[[str, float, str | None], None] | None = None) -> dict[str, dict]:
     """Run several complete experiment configs as the trials of one Tune launch (a grid over
     their keys) on the connected cluster; each trial gets ``total CPUs / max_concurrent_trials``
     CPUs (torch uses that many threads). Returns ``{key: last result}``; a failed trial's result
     carries ``error``. Teachers the configs name must exist already (trained once by the caller),
-    or concurrent trials would each wait for the lock of the one training it."""
+    or concurrent trials would each wait for the lock of the one training it. ``on_start(key)``
+    and ``on_end(key, seconds, error)`` are called in this process as each row starts and ends."""
     out_dir = Path(out_dir).resolve()
     payload = {k: absolute_paths(c).model_dump(mode="json") for k, c in configs.items()}
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, max_concurrent_trials))
@@ -339,7 +377,8 @@ def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, pa
         {"CPU": cpus})
     tuner = tune.Tuner(trainable, param_space={"row": tune.grid_search(list(configs))},
                        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials),
-                       run_config=tune.RunConfig(name=name, storage_path=str(out_dir / "ray_results"), verbose=0))
+                       run_config=tune.RunConfig(name=name, storage_path=str(out_dir / "ray_results"), verbose=0,
+                                                 callbacks=[_RowEvents(on_start, on_end)] if on_end else None))
     grid = tuner.fit()
     out = {}
     for r in grid:

@@ -55,7 +55,7 @@ class MlflowRun:
         run_name: display name.
         tags: extra tags.
         parent_run_id: makes this a nested run (``mlflow.parentRunId``).
-        run_id: reopen an existing run (``rkd eval`` adds results to the training run).
+        run_id: reopen an existing run (a resumed training run).
         rank: only rank 0 logs; other ranks get a no-op object.
     """
 

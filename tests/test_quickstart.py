@@ -1,0 +1,77 @@
+"""The quickstart's plan (rkd.quickstart.quickstart_configs) and its progress line
+(rkd.experiment.progress): which rows run, which are served from the teacher cache, and what
+the user sees while it runs. The end-to-end run is in tests/test_cli.py."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from rkd.config.schema import TeacherConfig
+from rkd.experiment.model_cache import teacher_config, teacher_key
+from rkd.experiment.progress import Progress, clock
+from rkd.quickstart import ABLATION_METHODS, QUICKSTART_METHODS, method_keys, quickstart_configs
+
+
+def _keys(configs):
+    return [preset.split(":", 1)[1].removeprefix("digits_") for _, preset, _ in configs]
+
+
+def test_default_rows_are_the_seed_methods_and_full_adds_the_ablations_before_robust_kd():
+    default, full = quickstart_configs(), quickstart_configs(full=True)
+    ablations = [p.split(":", 1)[1].removeprefix("digits_") for _, p in ABLATION_METHODS]
+    assert _keys(default) == [p.split(":", 1)[1].removeprefix("digits_") for _, p in QUICKSTART_METHODS]
+    assert not set(ablations) & set(_keys(default))
+    keys = _keys(full)
+    at = keys.index("robust_kd")
+    assert keys[at - len(ablations):at] == ablations and len(keys) == len(default) + len(ablations)
+    assert _keys(quickstart_configs(only=ablations[:1])) == ablations[:1]  # --only reaches them without --full
+
+
+def test_the_standard_row_is_macds_cached_source_not_a_second_training():
+    """MACD names the standard model as its transfer source: the standard row is that cached
+    model (one training, one evaluation), with the very spec MACD's config carries."""
+    rows = {k: c for k, (_, _, c) in zip(_keys(quickstart_configs()), quickstart_configs())}
+    source = rows["macd"].method.trained_models()["source"]
+    assert isinstance(rows["standard"], TeacherConfig)
+    assert teacher_key(teacher_config(rows["standard"])) == teacher_key(teacher_config(source))
+    alone = quickstart_configs(only=["standard", "adversarial"])  # no row names it: a trial again
+    assert not any(isinstance(c, TeacherConfig) for _, _, c in alone)
+
+
+def test_targeted_overrides_reach_the_cached_row_and_the_spec_that_names_it():
+    rows = dict(zip(_keys(c := quickstart_configs(["standard:train.epochs=3"])), (x for _, _, x in c)))
+    assert teacher_config(rows["standard"]).train.epochs == 3
+    assert teacher_config(rows["macd"].method.trained_models()["source"]).train.epochs == 3
+
+
+@pytest.mark.parametrize("only", [["standard", "robustkd"], ["nope"]])
+def test_an_unknown_only_name_is_refused_naming_it(only):
+    with pytest.raises(ValueError, match=only[-1]) as err:
+        quickstart_configs(only=only)
+    assert "choose from" in str(err.value) and "robust_kd" in str(err.value)
+    assert set(method_keys()) >= {"standard", "macd", "robust_kd_no_jacobian"}
+
+
+def test_progress_counts_rows_and_estimates_from_the_rows_timed_so_far():
+    t = [100.0]
+    out = io.StringIO()
+    p = Progress(4, out=out, now=lambda: t[0])
+    t[0] += 60
+    p.done("standard", 60)
+    t[0] += 5
+    p.done("teacher", 5, cached=True)  # cached rows do not count in the mean
+    t[0] += 120
+    p.done("AT", 120)
+    t[0] += 30
+    p.done("last", 30)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[1/4] standard done in 1m00s | elapsed 1m00s | about 3m00s left"
+    assert lines[1] == "[2/4] teacher cached | elapsed 1m05s | about 2m00s left"
+    assert lines[2] == "[3/4] AT done in 2m00s | elapsed 3m05s | about 1m30s left"
+    assert lines[3] == "[4/4] last done in 30s | elapsed 3m35s"
+
+
+def test_clock_formats():
+    assert (clock(0), clock(42.4), clock(60), clock(75.6), clock(3600)) == ("0s", "42s", "1m00s", "1m16s", "60m00s")

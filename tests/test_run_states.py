@@ -1,0 +1,109 @@
+"""Honest, durable run states through the real `rkd` command: a run directory has one writer,
+SIGTERM stops a run as Ctrl-C does (KILLED, resumable), a finished run stays FINISHED through
+`--resume` and `rkd eval`, and a re-evaluation is an MLflow run of its own."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.e2e
+
+
+def rkd_popen(*args, cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rkd.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def rkd(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rkd.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300):
+    t0 = time.monotonic()
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"ended before {what} ({proc.returncode}):\n{proc.communicate()[1]}")
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.1)
+
+
+def status(run_dir: Path) -> str:
+    return json.loads((run_dir / "run.json").read_text())["status"]
+
+
+def test_one_writer_sigterm_kills_resume_finishes_and_a_finished_run_stays_finished(tmp_path, tiny_overrides,
+                                                                                   tracking_uri):
+    run_dir = tmp_path / "run"
+    train = ["train", "preset:digits_adversarial", *tiny_overrides, "train.epochs=60", "--run-dir", str(run_dir)]
+    first = rkd_popen(*train, cwd=tmp_path)
+    wait_for(lambda: any((run_dir / "checkpoints").glob("epoch_*.pt")), first, "first checkpoint")
+
+    second = rkd(*train, cwd=tmp_path)  # the same directory while the first writes it
+    assert second.returncode == 1 and f"in use by another rkd process (pid {first.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err
+    run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(tracking_uri)
+    assert status(run_dir) == "KILLED" and client.get_run(run_id).info.status == "KILLED"
+    assert not (run_dir / "results.json").exists() and any((run_dir / "checkpoints").glob("epoch_*.pt"))
+
+    resumed = rkd("train", "--resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert status(run_dir) == "FINISHED" and client.get_run(run_id).info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+    assert len(steps) == 60  # every epoch, across the stop
+
+    again = rkd("train", "--resume", str(run_dir), cwd=tmp_path)
+    assert again.returncode == 1 and "has finished: nothing to resume" in again.stderr
+    assert status(run_dir) == "FINISHED" and client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_re_evaluation_is_its_own_run_keeps_history_and_a_stopped_one_touches_nothing(tmp_path, tiny_overrides,
+                                                                                     tracking_uri):
+    run_dir = tmp_path / "run"
+    done = rkd("train", "preset:digits_standard", *tiny_overrides, "--run-dir", str(run_dir), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trained = json.loads((run_dir / "results.json").read_text())
+    run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(tracking_uri)
+    before = client.get_run(run_id).data
+
+    ev = rkd("eval", str(run_dir), "eval.attacks=[{kind: fgsm, eps: 3/255}]", "eval.worst_case.enabled=false",
+             "eval.checks.enabled=false", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert client.get_run(run_id).info.status == "FINISHED"
+    after = client.get_run(run_id).data  # the training run is as it was
+    assert (after.metrics, after.tags) == (before.metrics, before.tags)
+    child_id = json.loads((run_dir / "run.json").read_text())["last_evaluation"]["mlflow_run_id"]
+    child = client.get_run(child_id)
+    assert child.info.status == "FINISHED" and child.data.tags["mlflow.parentRunId"] == run_id
+    assert child.data.tags["rkd.evaluates"] == run_id and "acc.white-box.FGSM_3_255" in child.data.metrics
+    kept = list((run_dir / "history").glob("results-*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == trained
+    now = json.loads((run_dir / "results.json").read_text())
+    assert [a["name"] for a in now["attacks"]] == ["FGSM 3/255"] and now["splits"] == trained["splits"]
+
+    slow = rkd_popen("eval", str(run_dir), "eval.attacks=[{kind: pgd, eps: 8/255, steps: 100000}]",
+                     "eval.worst_case.enabled=false", "eval.checks.enabled=false", cwd=tmp_path)
+    evals = lambda: client.search_runs([child.info.experiment_id], f"tags.`rkd.evaluates` = '{run_id}'")  # noqa: E731
+    wait_for(lambda: len(evals()) == 2, slow, "the second evaluation's run")
+    time.sleep(1.0)
+    slow.send_signal(signal.SIGINT)
+    _, err = slow.communicate(timeout=120)
+    assert slow.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert client.get_run(run_id).info.status == "FINISHED" and status(run_dir) == "FINISHED"
+    assert sorted(r.info.status for r in evals()) == ["FINISHED", "KILLED"]
+    assert json.loads((run_dir / "results.json").read_text()) == now  # nothing replaced
