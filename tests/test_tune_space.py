@@ -77,6 +77,11 @@ def _write(tmp_path, body):
     ("num_samples: 0\nparams: {method.beta: {choice: [1]}}", "num_samples", "greater than or equal to 1"),
     ("sampler: random\nparams: {method.beta: {choice: [1]}}", "sampler", "unknown key"),
     ("params: {}", "params", "at least one parameter"),
+    # a float range on an integer key fails inside the range, not at its whole-number ends
+    ("params: {train.epochs: {uniform: [2, 10]}}", "params.train.epochs", "valid integer"),
+    # values valid one at a time, invalid together (warm-up as long as training)
+    ("params: {train.epochs: {choice: [4, 12]}, train.warmup_epochs: {choice: [1, 6]}}", "params",
+     "the combination {'train.epochs': 4, 'train.warmup_epochs': 6} is invalid"),
     ("metric: PGD-7 Linf 8/255 (transfer)\nparams: {method.beta: {choice: [1]}}", "metric", "not reported"),
 ])
 def test_bad_space_fails_naming_file_and_key(tmp_path, body, key, message):
