@@ -290,6 +290,12 @@ def test_ls_and_verify_report_entries(tmp_path, model, data, monkeypatch, built)
         assert r["dataset_fingerprint"] == data.fingerprint()
     assert [ok for _, ok, _ in verify(root)] == [True, True]
     assert ls(root, check=False)[0]["valid"] is None
+    key = rows[0]["key"]
+    assert verify(root, key[:16]) == [(key, True, "ok")]  # the short key `rkd cache ls` prints
+    with pytest.raises(ValueError, match="no entry"):
+        verify(root, "0" * 15 if not key.startswith("0" * 15) else "f" * 15)
+    with pytest.raises(ValueError, match="hex characters"):
+        verify(root, "not-a-key")
 
 
 def test_save_race_and_bad_meta(tmp_path, built):
