@@ -150,7 +150,11 @@ def _cmd_cache(args) -> int:
                   + ("" if e["valid"] else f"  ({e.get('message')})"))
         return 0
     if args.cache_command == "verify":
-        results = verify(args.root, args.key)
+        try:
+            results = verify(args.root, args.key)
+        except ValueError as exc:
+            print(f"rkd cache verify: {exc}", file=sys.stderr)
+            return 2
         for key, ok, message in results:
             print(f"{key}  {'ok' if ok else 'CORRUPT'}  {message}")
         return 0 if all(ok for _, ok, _ in results) else 1
@@ -185,6 +189,7 @@ def _cache_build(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     presets = ", ".join(list_presets())
     p = argparse.ArgumentParser(prog="rkd", description="Distil adversarial robustness: train, evaluate, track.")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error too")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (and evaluate) one configured run",
@@ -301,18 +306,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rkd: {how}; a stopped run is recorded KILLED and keeps its newest checkpoint "
               "(rkd train --resume RUN_DIR continues it)", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    except ConfigError as exc:
-        print(f"rkd: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        from rkd.engine import CheckpointError  # lazy: keeps `rkd --help` free of torch
-
-        # missing dataset (DatasetNotFoundError is a FileNotFoundError), nothing to resume,
-        # a used run directory, an unusable checkpoint: user errors, not tracebacks
-        if isinstance(exc, RuntimeError) and not isinstance(exc, CheckpointError):
+    except Exception as exc:
+        code = user_error_code(exc)
+        if code is None or args.debug:
             raise
         print(f"rkd: {exc}", file=sys.stderr)
+        return code
+
+
+def user_error_code(exc: Exception) -> int | None:
+    """The exit status of an error the user can fix, shown as its message alone: 2 for a
+    configuration the run cannot start with (keys, ranges, device, tracking store), 1 for the
+    state of files (a missing or corrupt dataset, nothing to resume, a used run directory, an
+    unusable checkpoint). None for anything else: a bug, shown with its traceback."""
+    from rkd.data.errors import DatasetIntegrityError  # lazy: keeps `rkd --help` free of torch
+    from rkd.engine import CheckpointError
+
+    if isinstance(exc, (ConfigError, ConnectionError)):
+        return 2
+    if isinstance(exc, (FileNotFoundError, FileExistsError, CheckpointError, DatasetIntegrityError)):
         return 1
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,7 +29,7 @@ from rkd.config.schema import TeacherConfig
 from rkd.evaluation import comparison_table, distillation_table, read_results
 from rkd.experiment import ensure_named_models, ensure_teacher, unique_dir
 from rkd.experiment.progress import Progress
-from rkd.tracking import MlflowRun, resolve_tracking_uri
+from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
 
 #: (table label, preset) in table order; presets whose name contains "teacher" are teachers
 #: (trained once through the teacher cache, exactly as the students that name them see them)
@@ -170,11 +170,11 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     ablation rows (:data:`ABLATION_METHODS`); ``only`` picks rows by key from all of them.
     """
     configs = quickstart_configs(overrides, output_dir=output_dir, only=only, full=full)
-    qdir = unique_dir(output_dir, "quickstart")
     first = configs[0][2]
     tracking: TrackingConfig = (load_config(first.config, first.overrides) if isinstance(first, TeacherConfig)
                                 else first).tracking
-
+    check_tracking(tracking)  # before any work or folder
+    qdir = unique_dir(output_dir, "quickstart")
     rows, runs = [], []
     with MlflowRun(tracking, run_name="quickstart", tags={"rkd.kind": "quickstart"}) as parent:
         # 1. teachers, in table order, trained once (or found in the cache) by this process;

@@ -330,9 +330,26 @@ def ls(root: PathLike, check: bool = True) -> list:
     return out
 
 
+def resolve_key(root: PathLike, key: str) -> str:
+    """``key`` in full: a 64-hex key as given, or the one entry under ``root`` whose key starts
+    with ``key`` (``rkd cache ls`` prints the first 16 characters); ValueError naming the
+    problem otherwise."""
+    key = key.strip().lower()
+    if is_key(key):
+        return key
+    if not key or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"not a cache key or key prefix (hex characters): {key!r}")
+    found = [d.name for d in _entries(Path(root)) if d.name.startswith(key)]
+    if len(found) != 1:
+        what = "no entry" if not found else f"{len(found)} entries ({', '.join(f[:16] for f in found)})"
+        raise ValueError(f"{what} under {root} with a key starting {key!r}")
+    return found[0]
+
+
 def verify(root: PathLike, key: Optional[str] = None) -> list:
-    """``[(key, ok, message)]`` for one entry (``key``) or every entry under ``root``."""
-    dirs = [entry_dir(root, key)] if key is not None else _entries(Path(root))
+    """``[(key, ok, message)]`` for one entry (``key``: the full key or a unique prefix) or
+    every entry under ``root``."""
+    dirs = [entry_dir(root, resolve_key(root, key))] if key is not None else _entries(Path(root))
     out = []
     for d in dirs:
         if not d.exists():

@@ -6,7 +6,8 @@
   ``eval.attacks.0.eps=4/255``, ``method.name=adversarial``. Values are parsed as YAML.
 * Everything is validated by :class:`rkd.config.schema.ExperimentConfig` before any work starts;
   problems raise :class:`ConfigError` naming the file and each key path.
-* Only ``yaml.safe_load`` is used: no tags that construct objects or run code.
+* Only a ``yaml.SafeLoader`` is used (UniqueKeyLoader, which also refuses duplicate keys): no
+  tags that construct objects or run code.
 """
 
 from __future__ import annotations
@@ -32,6 +33,26 @@ def list_presets() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping with a key given twice (plain YAML keeps the
+    last one silently: ``lr: 0.1`` then ``lr: 0.01`` further down would quietly win)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            lines = f"lines {seen[key] + 1} and {key_node.start_mark.line + 1}"
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                    f"key {key!r} given twice ({lines})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _read_yaml(source: str) -> tuple[dict, str, Path | None]:
     """Read a file path or ``preset:NAME``; return (mapping, display name, directory)."""
     if source.startswith(PRESET_PREFIX):
@@ -46,11 +67,12 @@ def _read_yaml(source: str) -> tuple[dict, str, Path | None]:
             raise ConfigError(source, [("", "config file not found")])
         text, where, folder = path.read_text(), str(path), path.parent
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(where, [("", f"not valid YAML: {exc}")]) from None
-    if data is None:
-        data = {}
+    if data is None:  # an empty file is a mistake (a wrong path, a truncated copy), not "all defaults"
+        raise ConfigError(where, [("", "the file is empty; an all-defaults run is `rkd train preset:digits` or a "
+                                       "file with only `name: ...`")])
     if not isinstance(data, dict):
         raise ConfigError(where, [("", f"top level must be a mapping, got {type(data).__name__}")])
     return data, where, folder

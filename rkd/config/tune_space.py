@@ -35,6 +35,7 @@ the metric is one the base config's evaluation produces. Errors name the space f
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,12 @@ from rkd.config.schema import ExperimentConfig, Strict
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
 
 
+#: where inside a continuous range the check samples (an irrational fraction: not a whole number)
+FRACTION = (5 ** 0.5 - 1) / 2 - 0.25
+#: most combinations of the parameters' candidate values checked together
+MAX_COMBINATIONS = 32
+
+
 @dataclass(frozen=True)
 class Distribution:
     """One parameter's distribution: ``kind`` in :data:`DISTRIBUTIONS` and its arguments."""
@@ -59,11 +66,18 @@ class Distribution:
     args: tuple
 
     def candidates(self) -> list:
-        """Values that stand for the whole distribution when checking it against the schema."""
+        """Values that stand for the whole distribution when checking it against the schema:
+        every value of a finite one; a range's ends and, for a continuous range, a point
+        inside it that is not a whole number (a float range on an integer key fails there)."""
         if self.kind in ("choice", "grid"):
             return list(self.args)
         low, high = self.args[0], self.args[1]
-        return [low, high - 1] if self.kind == "randint" else [low, high]
+        if self.kind == "randint":
+            return [low, high - 1]
+        inside = low * (high / low) ** FRACTION if self.kind == "loguniform" else low + (high - low) * FRACTION
+        if self.kind == "quniform":
+            inside = round(inside / self.args[2]) * self.args[2]
+        return [low, inside, high] if low < inside < high else [low, high]
 
     @property
     def finite(self) -> bool:
@@ -241,6 +255,8 @@ def load_space(path: str | Path) -> LoadedSpace:
                 reasons = "; ".join(m for _, m in exc.problems)
                 problems.append((f"params.{key}", f"value {value!r} is invalid for the base config: {reasons}"))
                 break
+    if not problems:
+        problems += combination_problems(base_source, overrides, params)
     names = metric_names(base)
     if spec.metric not in names:
         problems.append(("metric", f"{spec.metric!r} is not reported by the base config; choose from {names}"))
@@ -253,6 +269,24 @@ def load_space(path: str | Path) -> LoadedSpace:
     if problems:
         raise ConfigError(path, problems)
     return LoadedSpace(path, spec, params, base_source, base, overrides)
+
+
+def combination_problems(base_source: str, overrides: list[str], params: dict[str, Distribution]) -> list:
+    """Values valid one at a time can be invalid together (``train.epochs`` 5 with
+    ``train.warmup_epochs`` 5): the parameters' candidate values are checked in combination
+    (all of them up to :data:`MAX_COMBINATIONS`, the first that many otherwise); the first
+    invalid combination is the problem."""
+    if len(params) < 2:
+        return []
+    keys = list(params)
+    for values in itertools.islice(itertools.product(*(params[k].candidates() for k in keys)), MAX_COMBINATIONS):
+        sample = dict(zip(keys, values))
+        try:
+            load_config(base_source, overrides + overrides_for(sample))
+        except ConfigError as exc:
+            reasons = "; ".join(m for _, m in exc.problems)
+            return [("params", f"the combination {sample} is invalid for the base config: {reasons}")]
+    return []
 
 
 def _keys(data: Any, prefix: str = "") -> set[str]:

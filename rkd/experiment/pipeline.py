@@ -57,7 +57,7 @@ from rkd.experiment.run_claim import CLAIM_FILE, claimed
 from rkd.experiment.run_dir import read_run_json, run_status, unique_dir, write_run_json
 from rkd.interrupt import STOPPED
 from rkd.methods import build_method, get_method
-from rkd.tracking import MlflowRun, resolve_tracking_uri
+from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
 
 
 @dataclass
@@ -197,6 +197,7 @@ def prepare(cfg: ExperimentConfig, place: RunPlace, shared_data: torch.Tensor | 
     """Load the trained models, then (seeded) build the model, the data and the method."""
     device = resolve_device(cfg.device)
     check_run_dir(place)
+    check_tracking(cfg.tracking if place.writer else cfg.tracking.model_copy(update={"enabled": False}))
     models = load_trained_models(cfg, device, place.parent_run_id)  # first: training one must not shift our RNG
     seed_everything(cfg.seed)
     model = build_model(cfg)  # before the data: a bad model setting fails in a second

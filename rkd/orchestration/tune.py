@@ -53,7 +53,7 @@ from rkd.orchestration.train import (
     trainer_for,
 )
 from rkd.orchestration.worker_groups import OrphanedWorkerGroups
-from rkd.tracking import create_run, end_run, end_tagged_runs, finish_run
+from rkd.tracking import check_tracking, create_run, end_run, end_tagged_runs, finish_run
 
 STATE_FILE = "rkd_sweep.json"
 #: a trial that launches a TorchTrainer only coordinates it (Tune refuses a zero request)
@@ -265,6 +265,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
     # save the sweep's state at least every second (Tune's default adapts up to minutes): a killed
     # driver then loses at most a second of bookkeeping, and resume skips every finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    check_tracking(base.tracking)
     parent_id = state.get("parent_run_id") or create_run(
         base.tracking, sweep, tags={"rkd.kind": "sweep", "rkd.space": space_path, "rkd.metric": space.spec.metric})
     ensure_named_models(base, parent_run_id=parent_id)  # teachers, MAE, sources: once, before the trials

@@ -1,0 +1,67 @@
+"""Bad input and unusable surroundings found before any work, each as one clear line: an
+unreachable or unwritable tracking store, a device that is not there, duplicate or empty YAML,
+a short cache key; `--debug` shows the traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rkd.config import ConfigError, load_config
+from rkd.config.schema import TrackingConfig
+from rkd.experiment.builders import resolve_device
+from rkd.tracking import TrackingUnreachable, check_tracking
+
+
+def rkd(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "rkd.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_an_unreachable_tracking_server_is_refused_in_seconds(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnreachable, match=r"http://127.0.0.1:9 did not answer.*tracking.enabled=false"):
+        check_tracking(TrackingConfig(tracking_uri="http://127.0.0.1:9"), timeout=2)
+    assert time.monotonic() - t0 < 10
+    check_tracking(TrackingConfig(tracking_uri="http://127.0.0.1:9", enabled=False))  # not asked when off
+
+
+def test_a_local_store_needs_a_writable_folder(tmp_path):
+    check_tracking(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    with pytest.raises(TrackingUnreachable, match="does not exist"):
+        check_tracking(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_device_that_is_not_there_is_a_config_error():
+    with pytest.raises(ConfigError, match="cuda: no CUDA device is visible"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu" and resolve_device("cpu").type == "cpu"
+
+
+def test_duplicate_keys_and_empty_files_are_refused(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: x\ntrain:\n  lr: 0.1\n  epochs: 3\n  lr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' given twice \(lines 3 and 5\)") as err:
+        load_config(str(dup))
+    assert str(dup) in str(err.value)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config(str(empty))
+
+
+@pytest.mark.e2e
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    bad = ["train", "preset:digits_standard", "tracking.tracking_uri=http://127.0.0.1:9", "train.epochs=2"]
+    proc = rkd(*bad, cwd=tmp_path)
+    assert proc.returncode == 2 and "did not answer" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    debug = rkd("--debug", *bad, cwd=tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "TrackingUnreachable" in debug.stderr
+    short = rkd("cache", "verify", "--root", str(tmp_path), "abc123", cwd=tmp_path)
+    assert short.returncode == 2 and "no entry" in short.stderr and "Traceback" not in short.stderr
