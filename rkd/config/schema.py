@@ -350,6 +350,9 @@ class TrainConfig(Strict):
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     amp: bool = False
     grad_clip: Optional[Annotated[Number, Field(gt=0)]] = None
+    on_divergence: Annotated[Literal["error", "warn"], NotInKey(RUN)] = Field(
+        "error", description="a non-finite epoch loss ends the run (error) or is a warning (warn: --smoke, where "
+        "one-epoch teachers on 16 images make the numerics meaningless)")
     checkpoint_every: Annotated[int, Field(gt=0), NotInKey(RUN)] = 1
     keep_checkpoints: Annotated[int, Field(gt=0), NotInKey(RUN)] = Field(
         2, description="newest trainer checkpoints kept (on disk and by Ray Train)")
