@@ -8,6 +8,7 @@ jobs/ (`pytest -m smoke_all`)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,14 +78,33 @@ def datasets(tmp_path_factory):
     return root
 
 
-def smoke(config: str, root: Path, cwd: Path) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def torch_home(tmp_path_factory):
+    """torch's hub cache with torchvision's pretrained ResNet-50 / WRN-50-2 files (random weights
+    in the real format, under the names torchvision looks for): MACD's jobs start from them."""
+    import torch
+    import torchvision
+
+    from rkd.models.torchvision_adapters import PRETRAINED
+
+    home = tmp_path_factory.mktemp("torch_home")
+    for arch, weights in PRETRAINED.items():
+        ctor = {"tv_resnet50": torchvision.models.resnet50, "tv_wide_resnet50_2": torchvision.models.wide_resnet50_2}
+        target = home / "hub" / "checkpoints" / weights.DEFAULT.url.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ctor[arch](weights=None).state_dict(), target)
+    return home
+
+
+def smoke(config: str, root: Path, cwd: Path, torch_home: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rkd.cli", "train", str(ROOT / config), f"data.root={root}",
                            "data.verify=false", "device=cpu", "--smoke", "--run-dir", str(cwd / "smoke")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "TORCH_HOME": str(torch_home)})
 
 
-def _passes(config, datasets, tmp_path):
-    proc = smoke(config, datasets, tmp_path)
+def _passes(config, datasets, tmp_path, torch_home):
+    proc = smoke(config, datasets, tmp_path, torch_home)
     assert proc.returncode == 0, f"{config}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     assert "passed in" in proc.stdout
     assert json.loads((tmp_path / "smoke" / "run" / "run.json").read_text())["status"] == "FINISHED"
@@ -92,12 +112,12 @@ def _passes(config, datasets, tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("config", SMOKE_CI)
-def test_smoke_of_each_method_and_architecture(config, datasets, tmp_path):
-    _passes(config, datasets, tmp_path)
+def test_smoke_of_each_method_and_architecture(config, datasets, tmp_path, torch_home):
+    _passes(config, datasets, tmp_path, torch_home)
 
 
 @pytest.mark.e2e
 @pytest.mark.smoke_all
 @pytest.mark.parametrize("config", ALL_JOBS)
-def test_smoke_of_every_job_config(config, datasets, tmp_path):
-    _passes(config, datasets, tmp_path)
+def test_smoke_of_every_job_config(config, datasets, tmp_path, torch_home):
+    _passes(config, datasets, tmp_path, torch_home)

@@ -14,7 +14,9 @@ given by ``config``, recursively), so that each stage runs a few steps on a hand
   a student of a one-epoch teacher on 16 images can diverge, which says nothing about the job;
 * every ``steps`` (attacks, PGD sets, step sweeps and probes, the worst-case suite spelled out)
   at most :data:`SMOKE.steps`, every ``max_samples`` at most :data:`SMOKE.eval`, every query
-  budget at most :data:`SMOKE.queries`, ``restarts`` at most 2; ``epochs`` anywhere 1;
+  budget at most :data:`SMOKE.queries`, ``restarts`` at most 2; ``epochs`` anywhere 1; an
+  attack of kind ``autoattack`` (torchattacks' set, which has no step or query knob) becomes a
+  2-step APGD under the same name;
 * outputs (runs, teacher caches, adversarial caches) under one throwaway ``output_dir``;
   tracking off unless asked for.
 
@@ -55,6 +57,8 @@ def _is_teacher_spec(value: Any) -> bool:
 def _shrink(value: Any, key: str = "") -> Any:
     """The generic rules of the module docstring, over any nested dict/list."""
     if isinstance(value, dict):
+        if value.get("kind") == "autoattack":  # torchattacks' AutoAttack has no step or query knob
+            value = {**value, "kind": "apgd", "steps": SMOKE.steps}
         out = {k: v if _is_teacher_spec(v) else _shrink(v, k) for k, v in value.items()}
         if "kind" in value and value["kind"] != "square" and "n_queries" in value:
             out["n_queries"] = value["n_queries"]  # an attack's knob that only Square takes stays as it was
