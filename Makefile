@@ -9,7 +9,7 @@ STAMP := $(VENV)/.rkd-installed
 # (torch 2.13.0+cpu breaks the registry's torchvision). With one, pip keeps/gets a CUDA build.
 TORCH_CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 
-.PHONY: setup quickstart test test-fast lint bench clean
+.PHONY: setup quickstart test test-fast smoke lint bench clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=10
+
+smoke: setup  # --smoke of every config in jobs/ on tiny real-format datasets (tests/test_smoke.py)
+	$(BIN)/python -m pytest -q -m smoke_all tests/test_smoke.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -17,6 +17,7 @@ def main() -> int:
     ap.add_argument("paths", nargs="+", help="config files or folders of them")
     ap.add_argument("--experiment", required=True, help="MLflow experiment to tabulate afterwards")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    ap.add_argument("--smoke", action="store_true", help="each run's whole chain, a few steps each; no table")
     args = ap.parse_args()
     from rkd.cli import main as cli
     from rkd.config import load_config
@@ -27,10 +28,10 @@ def main() -> int:
     for f in files:  # validate all before running any
         load_config(str(f), args.set)
     for f in files:
-        rc = cli(["train", str(f), *args.set])
+        rc = cli(["train", str(f), *args.set, *(["--smoke"] if args.smoke else [])])
         if rc:
             return rc
-    return cli(["report", "--experiment", args.experiment])
+    return 0 if args.smoke else cli(["report", "--experiment", args.experiment])
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--name", default=None)
     ap.add_argument("--max-concurrent", type=int, default=None)
+    ap.add_argument("--smoke", action="store_true", help="the trials' chain once, a few steps each (rkd tune --smoke)")
     args = ap.parse_args()
     from rkd.cli import main as cli
 
     extra = (["--resume"] if args.resume else []) + (["--name", args.name] if args.name else []) + (
-        ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else [])
+        ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []) + (
+        ["--smoke"] if args.smoke else [])
     return cli(["tune", args.space, *extra])
 
 

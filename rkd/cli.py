@@ -33,12 +33,16 @@ def _cmd_train(args) -> int:
     if args.workers is not None:
         args.overrides.append(f"scaling.num_workers={args.workers}")
     if args.resume:
+        if args.smoke:
+            raise SystemExit("rkd train: --smoke checks a config, not a run to resume")
         cfg = load_config(f"{args.resume}/config.yaml", args.overrides)
         out = run_experiment(cfg, run_dir=args.resume, resume=True)
     else:
         if not args.config:
             raise SystemExit("rkd train: give CONFIG (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
+        if args.smoke:
+            return smoke_run(cfg, args.config, args.run_dir)
         if cfg.scaling.num_workers > 0:  # a TorchTrainer on the Ray cluster
             from rkd.orchestration import connect
             from rkd.orchestration.train import fit
@@ -61,10 +65,36 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def smoke_run(cfg, source: str, out_dir: str | None = None) -> int:
+    """``--smoke``: ``cfg``'s whole chain (rkd.config.smoke) in-process, under a throwaway
+    folder (``out_dir`` or a new temporary one), without tracking; one line per stage."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from rkd.config.smoke import smoke_config
+    from rkd.experiment import run_experiment
+
+    out = Path(out_dir or tempfile.mkdtemp(prefix="rkd-smoke-"))
+    smoked = smoke_config(cfg, str(out), load_config).model_copy(update={"scaling": cfg.scaling.model_copy(
+        update={"num_workers": 0})})
+    stages = len(smoked.trained_models())
+    print(f"smoke run of {source}: {cfg.model.arch} and {stages} trained model(s) named by the chain, "
+          f"a few steps each, outputs under {out}", flush=True)
+    t0 = time.monotonic()
+    result = run_experiment(smoked, run_dir=out / "run")
+    print(f"smoke run of {source}: passed in {time.monotonic() - t0:.0f} s "
+          f"({'evaluated' if result.results else 'not evaluated'}); delete {out} when done")
+    return 0
+
+
 def _cmd_tune(args) -> int:
     from rkd.config.tune_space import load_space
 
     space = load_space(args.space)  # a bad space fails here, before Ray starts
+    if args.smoke:  # the trials' chain, once, at the first value of every parameter
+        first = {k: d.candidates()[0] for k, d in space.params.items()}
+        return smoke_run(space.trial_config(first), f"{args.space} {json.dumps(first)}")
     from rkd.orchestration import connect
     from rkd.orchestration.train import DONE_KEY
     from rkd.orchestration.tune import run_sweep
@@ -206,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--local", action="store_const", const=0, dest="workers",
                    help="in-process, no Ray, whatever the config's scaling says (= --workers 0)")
     t.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS, else a local one)")
+    t.add_argument("--smoke", action="store_true",
+                   help="check the whole chain (teachers, MAE stages, sources, caches, the run, its evaluation) at "
+                        "the real architectures, a few steps on a handful of samples each, in-process, untracked, "
+                        "in a throwaway folder (or --run-dir)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a finished run directory",
@@ -285,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--address", default=None)
     tu.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster")
     tu.add_argument("--max-concurrent", type=int, default=None, help="cap on concurrent trials")
+    tu.add_argument("--smoke", action="store_true",
+                    help="no sweep: the trials' whole chain once, at the first value of every parameter, as "
+                         "rkd train --smoke does")
     tu.set_defaults(func=_cmd_tune)
 
     r = sub.add_parser("report", help="paper-style comparison table from the MLflow runs of an experiment")

@@ -195,6 +195,8 @@ def test_ray_cluster_and_kuberay_files():
         t != c["head_node_type"] and v["max_workers"] > v["min_workers"] for t, v in types.items())
     setup = " ".join(c["setup_commands"])
     assert "pip install" in setup and "/mnt/shared" in setup
+    head = " ".join(c["head_setup_commands"] + c["head_start_ray_commands"])
+    assert "0.0.0.0" not in head and "--dashboard-host=127.0.0.1" in head and "mlflow server" in head
     k = yaml.safe_load((REPO / "k8s" / "rayjob.yaml").read_text())
     assert k["kind"] == "RayJob" and k["spec"]["entrypoint"].startswith("python jobs/")
     workers = k["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]

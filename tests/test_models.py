@@ -301,3 +301,17 @@ def test_channels_last_knob_reaches_the_model_and_is_refused_where_it_means_noth
     assert build_model(cfg).channels_last is False and build_model(load_config("preset:digits_standard")).channels_last
     with pytest.raises(ConfigError, match="model.channels_last"):
         load_config("preset:digits_mae", ["model.channels_last=true"])
+
+
+def test_the_layout_is_the_methods_unless_set():
+    """Robust-KD's Jacobian term is slower in NHWC: its students default to NCHW; gamma = 0 and
+    every other method default to channels-last; model.channels_last overrides both."""
+    from rkd.config import load_config
+    from rkd.experiment import build_model
+
+    def layout(preset, *over):
+        return build_model(load_config(preset, list(over))).channels_last
+
+    assert layout("preset:digits_robust_kd") is False and layout("preset:digits_robust_kd", "method.gamma=0")
+    assert layout("preset:digits_shafahi") and layout("preset:digits_adversarial")
+    assert layout("preset:digits_robust_kd", "model.channels_last=true")

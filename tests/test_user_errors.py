@@ -65,3 +65,38 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "TrackingUnreachable" in debug.stderr
     short = rkd("cache", "verify", "--root", str(tmp_path), "abc123", cwd=tmp_path)
     assert short.returncode == 2 and "no entry" in short.stderr and "Traceback" not in short.stderr
+
+
+def test_a_missing_dataset_anywhere_in_the_chain_fails_before_the_first_stage_trains(tmp_path, tiny_overrides):
+    """The teacher's dataset is missing: nothing is trained, no teacher folder is made."""
+    from rkd.data import DatasetNotFoundError
+    from rkd.experiment import run_experiment
+
+    cfg = load_config("preset:digits_robust_kd", [
+        *tiny_overrides, f"method.teacher.overrides=[data.dataset=cifar10, 'data.root={tmp_path / 'none'}']"])
+    t0 = time.monotonic()
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
+        run_experiment(cfg, run_dir=tmp_path / "run")
+    assert time.monotonic() - t0 < 30 and not (tmp_path / "runs" / "teachers").exists()
+
+
+def test_pretrained_weights_neither_cached_nor_downloadable_are_named_before_work(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from rkd.experiment.chain_data import require_pretrained
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError, match=r"tv_resnet50's ImageNet weights are not in torch's hub cache"):
+        require_pretrained("tv_resnet50")
+    from rkd.models.torchvision_adapters import pretrained_weights_file
+
+    path, _ = pretrained_weights_file("tv_resnet50")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")  # present: no download is needed (its contents are checked when it is loaded)
+    require_pretrained("tv_resnet50")
+    require_pretrained("resnet18")  # not a pretrained architecture: nothing to check

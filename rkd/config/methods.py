@@ -59,6 +59,11 @@ class MethodConfig(BaseModel):
         """The model whose examples the transfer protocol uses by default (None: none)."""
         return None
 
+    def prefers_channels_last(self) -> bool:
+        """The layout of the trained network when ``model.channels_last`` is not set (for the
+        architectures that take it): channels-last unless the method's step is slower there."""
+        return True
+
     def check(self, cfg: Any) -> None:
         """Checks across config sections; raise ValueError naming the keys."""
 

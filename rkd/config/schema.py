@@ -94,8 +94,8 @@ class ModelConfig(Strict):
     weights_path: Optional[str] = Field(None, description="local state_dict for the torchvision models")
     pretrained: Optional[bool] = Field(None, description="torchvision ImageNet weights (needs internet or cache)")
     channels_last: Annotated[Optional[bool], NotInKey(RUN)] = Field(
-        None, description="ResNet/WRN: weights and activations in NHWC (torch.channels_last), faster on CPU and "
-        "GPU, same values; None = the architecture's default (on)")
+        None, description="ResNet/WRN: weights and activations in NHWC (torch.channels_last), same values; "
+        "None = the method's choice (on, except Robust-KD with gamma > 0, whose double backward is slower in NHWC)")
     input_size: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="resize inputs (bilinear, inside the model) to this side, e.g. 224 for the MACD "
         "paper's models on 32x32 CIFAR; attacks and eps stay in the data's pixel space")
@@ -350,6 +350,9 @@ class TrainConfig(Strict):
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     amp: bool = False
     grad_clip: Optional[Annotated[Number, Field(gt=0)]] = None
+    on_divergence: Annotated[Literal["error", "warn"], NotInKey(RUN)] = Field(
+        "error", description="a non-finite epoch loss ends the run (error) or is a warning (warn: --smoke, where "
+        "one-epoch teachers on 16 images make the numerics meaningless)")
     checkpoint_every: Annotated[int, Field(gt=0), NotInKey(RUN)] = 1
     keep_checkpoints: Annotated[int, Field(gt=0), NotInKey(RUN)] = Field(
         2, description="newest trainer checkpoints kept (on disk and by Ray Train)")

@@ -101,6 +101,24 @@ _BUILDERS: Dict[str, Callable[..., TensorImageDataset]] = {
 }
 
 
+def require_dataset(name: str, *, root: Optional[Union[str, Path]], train: bool = True,
+                    download: bool = False) -> None:
+    """Raise :class:`DatasetNotFoundError` (naming the missing files) if the split's files are not
+    on disk and will not be downloaded; reads no images, so a chain can check every stage's data
+    before its first stage trains. Bundled and generated sets always pass."""
+    key = _key(name)
+    if key in ("digits", "synthetic") or (download and key != "imagenet32"):
+        return
+    if key == "imagenet32":
+        from rkd.data.imagenet32 import require_imagenet32
+
+        require_imagenet32(Path(root).expanduser(), train)
+        return
+    from rkd.data.torchvision_sets import require_torchvision_files
+
+    require_torchvision_files(key, root, train)
+
+
 def list_datasets() -> list:
     """Sorted registry names."""
     return sorted(_BUILDERS)
@@ -170,6 +188,7 @@ __all__ = [
     "load_digits_dataset",
     "load_imagenet32",
     "load_svhn",
+    "require_dataset",
     "make_synthetic",
     "paired_dataset",
     "to_float_images",

@@ -58,6 +58,11 @@ def _find_files(root: Path, train: bool, train_batches: Optional[Sequence[int]])
     raise DatasetNotFoundError("imagenet32", root / names[0], hint=_HINT)
 
 
+def require_imagenet32(root: Path, train: bool) -> None:
+    """DatasetNotFoundError if the split's npz files are not under ``root`` (reads nothing)."""
+    _find_files(root, train, None)
+
+
 _HINT = (
     "ImageNet32 cannot be downloaded automatically (data.download=true does not apply: "
     "ImageNet needs a login at image-net.org); place the official npz files "

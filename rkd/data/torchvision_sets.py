@@ -195,4 +195,20 @@ def load_svhn(
     )
 
 
-__all__ = ["load_cifar10", "load_cifar100", "load_svhn"]
+def require_torchvision_files(name: str, root: PathLike, train: bool) -> None:
+    """DatasetNotFoundError naming what is missing, if ``name``'s files (CIFAR-10/100: every file of
+    the archive; SVHN: the split's ``.mat``) are not under ``root``; reads nothing."""
+    root = Path(root).expanduser()
+    if name == "svhn":
+        path = root / _SVHN.split_list["train" if train else "test"][1]
+        if not path.is_file():
+            raise DatasetNotFoundError("svhn", path)
+        return
+    cls = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}[name]
+    folder = root / cls.base_folder
+    missing = _missing(folder, _cifar_files(cls))
+    if missing:
+        raise DatasetNotFoundError(name, folder, missing)
+
+
+__all__ = ["load_cifar10", "load_cifar100", "load_svhn", "require_torchvision_files"]

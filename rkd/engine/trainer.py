@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterable
@@ -150,8 +151,11 @@ class Trainer:
         if not math.isfinite(metrics.get("train_loss", 0.0)):
             # checked once per epoch (a per-step check would synchronise the GPU every step)
             terms = ", ".join(f"{k[6:]}={v:.4g}" for k, v in metrics.items())
-            raise FloatingPointError(f"training diverged: non-finite loss in epoch {epoch + 1} ({terms}); "
-                                     "lower the learning rate or the loss weights")
+            message = (f"training diverged: non-finite loss in epoch {epoch + 1} ({terms}); "
+                       "lower the learning rate or the loss weights")
+            if getattr(self.cfg, "on_divergence", "error") == "error":
+                raise FloatingPointError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
         if scored:  # methods without logits (an MAE) have no train accuracy
             metrics["train_acc"] = correct.item() / scored
         metrics["lr"] = lr_at_start  # the LR of the epoch's first step (per-iteration schedule)

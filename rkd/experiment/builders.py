@@ -83,5 +83,8 @@ def num_classes_of(data_cfg) -> int:
 def build_model(cfg: ExperimentConfig, num_classes: int | None = None):
     """The configured model (its knobs were checked against the architecture by load_config)."""
     num_classes = num_classes_of(cfg.data) if num_classes is None else num_classes
-    model = create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **cfg.model.kwargs())
+    kwargs = cfg.model.kwargs()
+    if cfg.model.channels_last is None and hasattr(cfg.model.meta_model(), "channels_last"):
+        kwargs["channels_last"] = cfg.method.prefers_channels_last()  # the method's layout
+    model = create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **kwargs)
     return set_input_size(model, cfg.model.input_size) if cfg.model.input_size is not None else model

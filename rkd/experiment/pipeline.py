@@ -51,6 +51,7 @@ from rkd.engine import (
 from rkd.evaluation import accuracy, evaluate, make_results, write_results
 from rkd.evaluation.robust_accuracy import eval_subset
 from rkd.experiment.builders import build_data, build_model, num_classes_of, resolve_device
+from rkd.experiment.chain_data import require_chain_data
 from rkd.experiment.model_cache import DEFAULT_OUTPUT_DIR, TeacherRun, ensure_cached
 from rkd.experiment.place import RunPlace
 from rkd.experiment.run_claim import CLAIM_FILE, claimed
@@ -198,6 +199,7 @@ def prepare(cfg: ExperimentConfig, place: RunPlace, shared_data: torch.Tensor | 
     device = resolve_device(cfg.device)
     check_run_dir(place)
     check_tracking(cfg.tracking if place.writer else cfg.tracking.model_copy(update={"enabled": False}))
+    require_chain_data(cfg, cfg.output_dir)  # every stage's dataset, before the first one trains
     models = load_trained_models(cfg, device, place.parent_run_id)  # first: training one must not shift our RNG
     seed_everything(cfg.seed)
     model = build_model(cfg)  # before the data: a bad model setting fails in a second

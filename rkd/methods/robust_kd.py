@@ -59,6 +59,11 @@ class RobustKDMethod(DistillationConfig):
     def constrained_jacobian_stages(self) -> list[int]:
         return list(self.jacobian_stages if self.jacobian_stages is not None else self.stages)
 
+    def prefers_channels_last(self) -> bool:
+        # the Jacobian term's double backward is slower in NHWC: a Robust-KD step 0.76x on the
+        # quickstart's model, 2 CPU threads (benchmarks/bench_memory_format.py)
+        return self.gamma == 0
+
     def check(self, cfg) -> None:
         if cfg.train.amp and self.gamma > 0:
             raise ValueError(

@@ -135,6 +135,17 @@ def _build(
     return model
 
 
+#: the torchvision weights ``pretrained=True`` loads, per registered architecture
+PRETRAINED = {"tv_resnet50": torchvision.models.ResNet50_Weights,
+              "tv_wide_resnet50_2": torchvision.models.Wide_ResNet50_2_Weights}
+
+
+def pretrained_weights_file(arch: str) -> tuple[Path, str]:
+    """(where torch's hub cache keeps ``arch``'s pretrained weights, the URL they come from)."""
+    url = PRETRAINED[arch].DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
+
+
 @register_model
 def tv_resnet50(
     num_classes: int = 1000,
