@@ -358,10 +358,11 @@ def user_error_code(exc: Exception) -> int | None:
     unusable checkpoint). None for anything else: a bug, shown with its traceback."""
     from rkd.data.errors import DatasetIntegrityError  # lazy: keeps `rkd --help` free of torch
     from rkd.engine import CheckpointError
+    from rkd.experiment.run_dir import RunRecordError
 
     if isinstance(exc, (ConfigError, ConnectionError)):
         return 2
-    if isinstance(exc, (FileNotFoundError, FileExistsError, CheckpointError, DatasetIntegrityError)):
+    if isinstance(exc, (FileNotFoundError, FileExistsError, CheckpointError, DatasetIntegrityError, RunRecordError)):
         return 1
     return None
 

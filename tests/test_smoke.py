@@ -121,3 +121,12 @@ def test_smoke_of_each_method_and_architecture(config, datasets, tmp_path, torch
 @pytest.mark.parametrize("config", ALL_JOBS)
 def test_smoke_of_every_job_config(config, datasets, tmp_path, torch_home):
     _passes(config, datasets, tmp_path, torch_home)
+
+
+@pytest.mark.e2e
+def test_tune_smoke_runs_the_trials_chain_once_without_ray(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rkd.cli", "tune", str(ROOT / "tune_spaces" / "shafahi.yaml"),
+                           "--smoke"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "smoke run of" in proc.stdout and "passed in" in proc.stdout and '{"method.lam"' in proc.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # untracked, throwaway

@@ -100,3 +100,17 @@ def test_pretrained_weights_neither_cached_nor_downloadable_are_named_before_wor
     path.write_bytes(b"")  # present: no download is needed (its contents are checked when it is loaded)
     require_pretrained("tv_resnet50")
     require_pretrained("resnet18")  # not a pretrained architecture: nothing to check
+
+
+def test_a_corrupt_run_record_is_named_not_a_traceback(tmp_path):
+    from rkd.experiment.run_dir import RunRecordError, read_run_json, run_status
+
+    (tmp_path / "run.json").write_text('{"status": "FINI')  # truncated
+    with pytest.raises(RunRecordError, match=r"run.json is not valid JSON.*move .* aside"):
+        read_run_json(tmp_path)
+    assert run_status(tmp_path) is None  # the teacher cache reads it as "not finished"
+    from rkd.config import save_config
+
+    save_config(load_config("preset:digits_standard"), tmp_path / "config.yaml")
+    proc = rkd("train", "--resume", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 1 and "run.json is not valid JSON" in proc.stderr and "Traceback" not in proc.stderr

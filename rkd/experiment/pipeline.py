@@ -174,6 +174,8 @@ def check_run_dir(place: RunPlace) -> None:
     d = place.run_dir
     if d is None:
         return
+    if place.resume is True:
+        read_run_json(d)  # a corrupt record is refused now, not after the teachers have loaded
     if place.resume is True and run_status(d) == "FINISHED":
         raise FileExistsError(f"run {d} has finished: nothing to resume (rkd eval {d} evaluates it again)")
     if place.resume is True and latest_checkpoint(d / "checkpoints") is None:

@@ -22,9 +22,22 @@ def unique_dir(parent: str | Path, stem: str) -> Path:
             path = base.with_name(f"{base.name}-{i}")
 
 
+class RunRecordError(ValueError):
+    """A run directory's ``run.json`` cannot be read (truncated, edited by hand)."""
+
+
 def read_run_json(run_dir: Path) -> dict:
+    """The run's record (``{}`` when there is none); :class:`RunRecordError` when it is corrupt."""
     p = Path(run_dir) / "run.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunRecordError(f"{p} is not valid JSON ({exc}); restore it, or move {run_dir} aside") from None
+    if not isinstance(data, dict):
+        raise RunRecordError(f"{p} is not a run record (a JSON object); restore it, or move {run_dir} aside")
+    return data
 
 
 def write_run_json(run_dir: Path, **updates) -> None:
@@ -36,5 +49,5 @@ def run_status(run_dir: Path) -> str | None:
     """The status in ``run.json`` (None when absent or unreadable)."""
     try:
         return read_run_json(run_dir).get("status")
-    except json.JSONDecodeError:
+    except RunRecordError:
         return None
