@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, tracking_uri: str | None = None) -> None:
@@ -23,6 +24,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, tracking
 
     if ray.is_initialized():
         return
+    if not sys.stdout.isatty():  # a log file or a pipe: worker lines without ANSI colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     env = {"MLFLOW_TRACKING_URI": absolute_tracking_uri(tracking_uri),
            "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
            "RAY_TRAIN_V2_ENABLED": "1"}
