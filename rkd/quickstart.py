@@ -208,6 +208,9 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         failed = {k: v["error"] for k, v in launched.items() if v.get("error")}
         if failed:
             raise RuntimeError("quickstart runs failed: " + "; ".join(f"{k}: {e}" for k, e in failed.items()))
+        unfinished = [k for k, c in students.items() if not (qdir / c.name / "results.json").is_file()]
+        if unfinished:  # Tune stopped the launch (Ctrl-C reaches it first): the job was stopped, not broken
+            raise KeyboardInterrupt(f"the Tune launch ended before {', '.join(unfinished)} finished")
         for label, preset, cfg in configs:
             if isinstance(cfg, TeacherConfig):
                 t = teachers[preset]

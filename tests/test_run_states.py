@@ -107,3 +107,26 @@ def test_re_evaluation_is_its_own_run_keeps_history_and_a_stopped_one_touches_no
     assert client.get_run(run_id).info.status == "FINISHED" and status(run_dir) == "FINISHED"
     assert sorted(r.info.status for r in evals()) == ["FINISHED", "KILLED"]
     assert json.loads((run_dir / "results.json").read_text()) == now  # nothing replaced
+
+
+@pytest.mark.ray
+def test_ctrl_c_of_the_quickstart_during_a_trial_leaves_no_run_running(tmp_path, tiny_overrides, tracking_uri):
+    over = [o for o in tiny_overrides if not o.startswith("output_dir")]
+    job = rkd_popen("quickstart", *over, "adversarial:method.attack.steps=2",
+                    "adversarial:eval.attacks=[{kind: pgd, eps: 8/255, steps: 100000}]",
+                    "--only", "standard", "adversarial", "--output-dir", "q", cwd=tmp_path)
+    client = MlflowClient(tracking_uri)
+
+    def trial_running():
+        exp = client.get_experiment_by_name("rkd-quickstart")
+        return exp is not None and any(r.info.run_name == "digits-adversarial" and r.info.status == "RUNNING"
+                                       for r in client.search_runs([exp.experiment_id]))
+
+    wait_for(trial_running, job, "the adversarial trial's run")
+    time.sleep(3.0)
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 130 and "interrupted" in err
+    every = client.search_runs([client.get_experiment_by_name("rkd-quickstart").experiment_id])
+    assert not [r.info.run_name for r in every if r.info.status == "RUNNING"]
+    assert {r.info.run_name: r.info.status for r in every}["quickstart"] == "KILLED"

@@ -53,7 +53,7 @@ from rkd.orchestration.train import (
     trainer_for,
 )
 from rkd.orchestration.worker_groups import OrphanedWorkerGroups
-from rkd.tracking import check_tracking, create_run, end_run, end_tagged_runs, finish_run
+from rkd.tracking import PARENT_TAG, check_tracking, create_run, end_run, end_tagged_runs, finish_run
 
 STATE_FILE = "rkd_sweep.json"
 #: a trial that launches a TorchTrainer only coordinates it (Tune refuses a zero request)
@@ -380,7 +380,12 @@ def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, pa
                        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials),
                        run_config=tune.RunConfig(name=name, storage_path=str(out_dir / "ray_results"), verbose=0,
                                                  callbacks=[_RowEvents(on_start, on_end)] if on_end else None))
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:  # every trial has ended: a nested run still RUNNING lost its process (Ctrl-C, a crash)
+        if parent_run_id is not None and configs:
+            end_tagged_runs(next(iter(configs.values())).tracking, PARENT_TAG, parent_run_id, "KILLED",
+                            {"rkd.stopped": "its launch ended before the run did"})
     out = {}
     for r in grid:
         key = r.config["row"]
