@@ -18,8 +18,24 @@ pytestmark = pytest.mark.e2e
 
 
 def rkd_popen(*args, cwd) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rkd.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """`rkd` in the background, its output in files (a full pipe would block it); read with
+    :func:`finish`."""
+    n = len(list(Path(cwd).glob("rkd-*.out")))
+    out, err = (open(Path(cwd) / f"rkd-{n}.{ext}", "w+") for ext in ("out", "err"))
+    proc = subprocess.Popen([sys.executable, "-m", "rkd.cli", *args], cwd=cwd, stdout=out, stderr=err, text=True)
+    proc.files = (out, err)
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for ``proc``; its stderr."""
+    proc.wait(timeout=timeout)
+    out, err = proc.files
+    err.seek(0)
+    text = err.read()
+    out.close()
+    err.close()
+    return text
 
 
 def rkd(*args, cwd) -> subprocess.CompletedProcess:
@@ -31,7 +47,7 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300)
     t0 = time.monotonic()
     while not condition():
         if proc.poll() is not None:
-            raise AssertionError(f"ended before {what} ({proc.returncode}):\n{proc.communicate()[1]}")
+            raise AssertionError(f"ended before {what} ({proc.returncode}):\n{finish(proc, 10)}")
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"no {what} within {timeout} s")
         time.sleep(0.1)
@@ -53,7 +69,7 @@ def test_one_writer_sigterm_kills_resume_finishes_and_a_finished_run_stays_finis
     assert "Traceback" not in second.stderr
 
     first.send_signal(signal.SIGTERM)
-    _, err = first.communicate(timeout=120)
+    err = finish(first, 120)
     assert first.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err
     run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(tracking_uri)
@@ -102,7 +118,7 @@ def test_re_evaluation_is_its_own_run_keeps_history_and_a_stopped_one_touches_no
     wait_for(lambda: len(evals()) == 2, slow, "the second evaluation's run")
     time.sleep(1.0)
     slow.send_signal(signal.SIGINT)
-    _, err = slow.communicate(timeout=120)
+    err = finish(slow, 120)
     assert slow.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert client.get_run(run_id).info.status == "FINISHED" and status(run_dir) == "FINISHED"
     assert sorted(r.info.status for r in evals()) == ["FINISHED", "KILLED"]
@@ -125,7 +141,7 @@ def test_ctrl_c_of_the_quickstart_during_a_trial_leaves_no_run_running(tmp_path,
     wait_for(trial_running, job, "the adversarial trial's run")
     time.sleep(3.0)
     job.send_signal(signal.SIGINT)
-    _, err = job.communicate(timeout=300)
+    err = finish(job, 300)
     assert job.returncode == 130 and "interrupted" in err
     every = client.search_runs([client.get_experiment_by_name("rkd-quickstart").experiment_id])
     assert not [r.info.run_name for r in every if r.info.status == "RUNNING"]
