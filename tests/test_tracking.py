@@ -112,3 +112,30 @@ def test_log_results_logs_jsma_and_input_gradient_metrics(tracking_uri):
     assert metrics["input_gradient.l2_mean"] == pytest.approx(2e-6)
     assert metrics["input_gradient.zero_fraction"] == pytest.approx(0.75)
     assert metrics["acc.white-box.FGSM_8_255"] == pytest.approx(0.5) and "train_wall_time_s" not in metrics
+
+
+def test_a_tracking_store_that_fails_mid_run_does_not_end_the_run(tmp_path, tiny_overrides, monkeypatch):
+    """The store breaks after the run started (its params went through, the first epoch's
+    metrics do not): training and evaluation finish, the run warns once, run.json records the
+    gap, and the backlog file keeps every record MLflow missed, in order."""
+    import json
+
+    real = MlflowClient.log_batch
+
+    def dies_at_the_first_metrics(self, run_id, *args, **kwargs):
+        if kwargs.get("metrics"):
+            raise ConnectionError("tracking server went away")
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", dies_at_the_first_metrics)
+    cfg = load_config("preset:digits_standard", [*tiny_overrides, "train.epochs=3", "eval.checks.enabled=false",
+                                                  "eval.worst_case.enabled=false"])
+    with pytest.warns(RuntimeWarning, match="the run goes on without it"):
+        out = run_experiment(cfg, run_dir=tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "FINISHED" and 0 <= out.results["clean_accuracy"] <= 1
+    gap = record["tracking_gap"]
+    assert "tracking server went away" in gap["error"] and gap["backlog"].endswith("tracking_backlog.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "tracking_backlog.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["request"] == "metrics" and "train_loss" in x["metrics"]] == [1, 2, 3]
+    assert lines[-1]["request"] == "end" and lines[-1]["status"] == "FINISHED"

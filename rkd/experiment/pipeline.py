@@ -375,6 +375,12 @@ def run_experiment(cfg: ExperimentConfig, place: RunPlace | None = None, *, call
         return _run_claimed(cfg, place, callbacks, adversarial_set)
 
 
+def gap_record(tracker: MlflowRun) -> dict:
+    """run.json's ``tracking_gap`` (when, which request, the error, the backlog file) if the
+    tracking store failed during the run; nothing otherwise."""
+    return {"tracking_gap": tracker.gap} if tracker.gap else {}
+
+
 def _run_claimed(cfg: ExperimentConfig, place: RunPlace, callbacks, adversarial_set) -> RunOutput:
     p = prepare(cfg, place, adversarial_set)
     tracker = open_tracker(p)
@@ -392,8 +398,8 @@ def _run_claimed(cfg: ExperimentConfig, place: RunPlace, callbacks, adversarial_
         except BaseException as exc:
             if place.writer:  # as MlflowRun ends it: stopped from outside (Ctrl-C, SIGTERM) is KILLED
                 write_run_json(p.run_dir, status="KILLED" if isinstance(exc, STOPPED) else "FAILED",
-                               error=f"{type(exc).__name__}: {exc}"[:2000])
+                               error=f"{type(exc).__name__}: {exc}"[:2000], **gap_record(tracker))
             raise
         if place.writer:
-            write_run_json(p.run_dir, status="FINISHED", train_wall_time_s=trainer.wall_time)
+            write_run_json(p.run_dir, status="FINISHED", train_wall_time_s=trainer.wall_time, **gap_record(tracker))
     return RunOutput(p.run_dir, results, trainer.history, tracker.run_id, trainer.wall_time)

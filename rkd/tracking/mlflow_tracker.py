@@ -12,8 +12,10 @@ Only rank 0 logs (others get a disabled tracker). A run whose body raises ends `
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 from rkd.config.loader import dump_config, flatten
@@ -22,6 +24,13 @@ from rkd.evaluation.metric_names import accuracy_metrics, worst_case_label
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
+#: a tracking server that stops answering costs a request at most about a minute (MLflow's
+#: defaults, 7 retries with backoff 2 and 120 s timeouts, stall a run for minutes); set the
+#: variables to override
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+#: where a run whose tracking store failed keeps what it could not log (one JSON object a line)
+BACKLOG_FILE = "tracking_backlog.jsonl"
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -68,6 +77,7 @@ class MlflowRun:
         self.run_name, self.tags, self.parent_run_id = run_name, dict(tags or {}), parent_run_id
         self.run_id = run_id
         self.client = None
+        self.gap: dict | None = None  # set when the store failed mid-run: the run went on untracked
 
     # ------------------------------------------------------------------- lifecycle
     def __enter__(self) -> "MlflowRun":
@@ -89,11 +99,38 @@ class MlflowRun:
             # stopped from outside (Ctrl-C, a Tune scheduler ending the trial): KILLED, not FAILED
             stopped = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
             if exc_type is None:
-                self.client.set_terminated(self.run_id, status="FINISHED")
+                self._call("end", self.client.set_terminated, self.run_id, status="FINISHED",
+                           record={"status": "FINISHED"})
             else:  # a run the sweep driver already ended (KILLED: its trial was stopped) stays so
-                _end_if_running(self.client, self.run_id, "KILLED" if stopped else "FAILED",
-                                f"{exc_type.__name__}: {exc}")
+                status = "KILLED" if stopped else "FAILED"
+                self._call("end", _end_if_running, self.client, self.run_id, status, f"{exc_type.__name__}: {exc}",
+                           record={"status": status})
         return False
+
+    def _call(self, what: str, fn, *args, record: dict | None = None, **kwargs):
+        """One request to the store. If it fails, the run goes on without tracking: one warning,
+        :attr:`gap` set (the pipeline writes it into run.json), and this and every later record
+        appended to ``RUN_DIR/tracking_backlog.jsonl`` (the run directory from the ``rkd.run_dir``
+        tag) instead of being sent."""
+        if self.gap is None:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - tracking must never end a run
+                self.gap = {"since": time.strftime("%Y-%m-%dT%H:%M:%S"), "request": what,
+                            "error": f"{type(exc).__name__}: {exc}"[:1000], "backlog": self._backlog_path()}
+                warnings.warn(f"MLflow tracking at {self.uri} failed ({self.gap['error'][:200]}); the run goes on "
+                              f"without it, what it could not log is kept in {self.gap['backlog']}", RuntimeWarning,
+                              stacklevel=3)
+        path = self._backlog_path()
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(json.dumps({"time": time.time(), "request": what, "run_id": self.run_id,
+                                    **(record or {})}, default=str) + "\n")
+        return None
+
+    def _backlog_path(self) -> str | None:
+        run_dir = self.tags.get("rkd.run_dir")
+        return str(Path(run_dir) / BACKLOG_FILE) if run_dir else None
 
     # ---------------------------------------------------------------------- logging
     def log_config(self, cfg) -> None:
@@ -104,8 +141,9 @@ class MlflowRun:
         params = flatten(cfg.model_dump(mode="json"))
         batch = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(batch), 100):
-            self.client.log_batch(self.run_id, params=batch[i:i + 100])
-        self.client.log_text(self.run_id, dump_config(cfg), "config.yaml")
+            self._call("params", self.client.log_batch, self.run_id, params=batch[i:i + 100],
+                       record={"params": {p.key: p.value for p in batch[i:i + 100]}})
+        self._call("config", self.client.log_text, self.run_id, dump_config(cfg), "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.enabled:
@@ -115,12 +153,13 @@ class MlflowRun:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._call("metrics", self.client.log_batch, self.run_id, metrics=batch,
+                       record={"step": step or 0, "metrics": {m.key: m.value for m in batch}})
 
     def set_tags(self, tags: dict) -> None:
         if self.enabled:
             for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v))
+                self._call("tag", self.client.set_tag, self.run_id, k, str(v), record={"tags": {k: str(v)}})
 
     def log_results(self, results: dict, files: list[Path]) -> None:
         """Summary metrics (clean, the worst case per threat and the headline ``acc.robust``, each
@@ -142,25 +181,28 @@ class MlflowRun:
         self.log_metrics(metrics)
         self.set_tags(result_tags(results))
         for f in files:
-            self.client.log_artifact(self.run_id, str(f))
+            self._call("artifact", self.client.log_artifact, self.run_id, str(f), record={"artifact": str(f)})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._call("artifact", self.client.log_artifact, self.run_id, str(path), artifact_path,
+                       record={"artifact": str(path)})
 
     def log_model(self, model) -> None:
         if not (self.enabled and self.log_model_enabled):
             return
         import mlflow
         import mlflow.pytorch
+        import torch
 
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
-            import torch
+        def log():
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.run_id):
+                # pickle format: the traced 'pt2' default needs an input example and re-traces the model
+                mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
+                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
-            # pickle format: the traced 'pt2' default needs an input example and re-traces the model
-            mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        self._call("model", log, record={"model": "model.pt in the run directory"})
 
     def callback(self) -> "MlflowCallback":
         return MlflowCallback(self)
