@@ -370,6 +370,9 @@ def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, pa
     or concurrent trials would each wait for the lock of the one training it. ``on_start(key)``
     and ``on_end(key, seconds, error)`` are called in this process as each row starts and ends."""
     out_dir = Path(out_dir).resolve()
+    # a trial stopped by Ctrl-C gets 10 s to end before Tune kills its actor (Tune's default: 600 s,
+    # which keeps the job waiting for a long evaluation to finish after the user asked it to stop)
+    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", "10")
     payload = {k: absolute_paths(c).model_dump(mode="json") for k, c in configs.items()}
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, max_concurrent_trials))
     trainable = tune.with_resources(
