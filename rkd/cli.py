@@ -78,9 +78,8 @@ def smoke_run(cfg, source: str, out_dir: str | None = None) -> int:
     out = Path(out_dir or tempfile.mkdtemp(prefix="rkd-smoke-"))
     smoked = smoke_config(cfg, str(out), load_config).model_copy(update={"scaling": cfg.scaling.model_copy(
         update={"num_workers": 0})})
-    stages = len(smoked.trained_models())
-    print(f"smoke run of {source}: {cfg.model.arch} and {stages} trained model(s) named by the chain, "
-          f"a few steps each, outputs under {out}", flush=True)
+    print(f"smoke run of {source}: {cfg.model.arch}, the {len(smoked.trained_models())} model(s) it names and "
+          f"theirs, a few steps each, outputs under {out}", flush=True)
     t0 = time.monotonic()
     result = run_experiment(smoked, run_dir=out / "run")
     print(f"smoke run of {source}: passed in {time.monotonic() - t0:.0f} s "

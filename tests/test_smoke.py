@@ -33,19 +33,19 @@ SMOKE_CI = [
 ]
 
 
-def _chain(cfg, out):
+def _chain(cfg):
     """Every config of ``cfg``'s chain, loaded as the run will load it."""
     found = [cfg]
     for spec in cfg.trained_models().values():
         if spec.config is not None:
-            found += _chain(load_config(spec.config, list(spec.overrides)), out)
+            found += _chain(load_config(spec.config, list(spec.overrides)))
     return found
 
 
 def test_every_stage_of_a_chain_is_smoked_at_its_real_architecture(tmp_path):
     real = load_config("jobs/macd/cifar10_resnet50/macd.yaml")
     smoked = smoke_config(real, str(tmp_path), load_config)
-    real_chain, chain = _chain(real, tmp_path), _chain(smoked, tmp_path)
+    real_chain, chain = _chain(real), _chain(smoked)
     assert len(chain) == len(real_chain) >= 3  # MACD, its MAE feature stage, MAE pretraining, the source
     for before, after in zip(real_chain, chain):
         assert after.model == before.model and after.method.name == before.method.name

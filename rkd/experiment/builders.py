@@ -11,6 +11,7 @@ from rkd.config import ConfigError, ExperimentConfig
 from rkd.data import build_dataset, class_subset, dataset_info, half_split, limit, validation_split
 from rkd.data.transforms import train_transform
 from rkd.models import create_model, set_input_size
+from rkd.models.memory_format import ChannelsLast
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,8 +84,7 @@ def num_classes_of(data_cfg) -> int:
 def build_model(cfg: ExperimentConfig, num_classes: int | None = None):
     """The configured model (its knobs were checked against the architecture by load_config)."""
     num_classes = num_classes_of(cfg.data) if num_classes is None else num_classes
-    kwargs = cfg.model.kwargs()
-    if cfg.model.channels_last is None and hasattr(cfg.model.meta_model(), "channels_last"):
-        kwargs["channels_last"] = cfg.method.prefers_channels_last()  # the method's layout
-    model = create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **kwargs)
+    model = create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **cfg.model.kwargs())
+    if cfg.model.channels_last is None and isinstance(model, ChannelsLast):
+        model.set_channels_last(cfg.method.prefers_channels_last())  # unset: the method's layout
     return set_input_size(model, cfg.model.input_size) if cfg.model.input_size is not None else model

@@ -55,7 +55,7 @@ from rkd.experiment.chain_data import require_chain_data
 from rkd.experiment.model_cache import DEFAULT_OUTPUT_DIR, TeacherRun, ensure_cached
 from rkd.experiment.place import RunPlace
 from rkd.experiment.run_claim import CLAIM_FILE, claimed
-from rkd.experiment.run_dir import read_run_json, run_status, unique_dir, write_run_json
+from rkd.experiment.run_dir import read_run_json, unique_dir, write_run_json
 from rkd.interrupt import STOPPED
 from rkd.methods import build_method, get_method
 from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
@@ -174,12 +174,11 @@ def check_run_dir(place: RunPlace) -> None:
     d = place.run_dir
     if d is None:
         return
-    if place.resume is True:
-        read_run_json(d)  # a corrupt record is refused now, not after the teachers have loaded
-    if place.resume is True and run_status(d) == "FINISHED":
-        raise FileExistsError(f"run {d} has finished: nothing to resume (rkd eval {d} evaluates it again)")
-    if place.resume is True and latest_checkpoint(d / "checkpoints") is None:
-        raise FileNotFoundError(f"nothing to resume in {d}: no checkpoints/epoch_*.pt")
+    if place.resume is True:  # a corrupt record is refused here, not after the teachers have loaded
+        if read_run_json(d).get("status") == "FINISHED":
+            raise FileExistsError(f"run {d} has finished: nothing to resume (rkd eval {d} evaluates it again)")
+        if latest_checkpoint(d / "checkpoints") is None:
+            raise FileNotFoundError(f"nothing to resume in {d}: no checkpoints/epoch_*.pt")
     if (place.resume is False and not place.attempt and place.writer and d.is_dir()
             and any(f.name != CLAIM_FILE for f in d.iterdir())):
         raise FileExistsError(f"run directory {d} is not empty; resume it or choose another")

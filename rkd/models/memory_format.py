@@ -19,4 +19,19 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-__all__ = ["to_channels_last"]
+class ChannelsLast:
+    """Mixin of the networks that can run channels-last: :meth:`set_channels_last` moves the
+    weights, :meth:`_layout` the stem's input (call it on the normalised input)."""
+
+    channels_last: bool = False
+
+    def set_channels_last(self, on: bool) -> "ChannelsLast":
+        self.channels_last = bool(on)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return self.to(memory_format=fmt)  # type: ignore[attr-defined]
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return to_channels_last(x) if self.channels_last else x
+
+
+__all__ = ["ChannelsLast", "to_channels_last"]

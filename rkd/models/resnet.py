@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .base import FeatureModel
-from .memory_format import to_channels_last
+from .memory_format import ChannelsLast
 from .normalize import StatsArg, build_normalize
 from .registry import register_model
 
@@ -105,7 +105,7 @@ BlockArg = Union[str, Type[BasicBlock], Type[Bottleneck]]
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-class ResNet(FeatureModel):
+class ResNet(ChannelsLast, FeatureModel):
     """CIFAR-style ResNet with the project's feature-tap interface (see :mod:`rkd.models.base`).
 
     Args:
@@ -177,15 +177,10 @@ class ResNet(FeatureModel):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     m.zero_init_last()
-        self.channels_last = bool(channels_last)
-        if self.channels_last:  # see rkd.models.memory_format
-            self.to(memory_format=torch.channels_last)
+        self.set_channels_last(channels_last)  # see rkd.models.memory_format
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(self._layout(self.normalize(x)))))
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return to_channels_last(x) if self.channels_last else x
 
     def get_stages(self) -> Sequence[nn.Module]:
         return (self.layer1, self.layer2, self.layer3, self.layer4)

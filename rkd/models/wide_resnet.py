@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .base import FeatureModel
-from .memory_format import to_channels_last
+from .memory_format import ChannelsLast
 from .normalize import StatsArg, build_normalize
 from .registry import register_model
 
@@ -59,7 +59,7 @@ class WideBasicBlock(nn.Module):
         return out + res
 
 
-class WideResNet(FeatureModel):
+class WideResNet(ChannelsLast, FeatureModel):
     """Pre-activation WideResNet with the project's feature-tap interface.
 
     Args:
@@ -127,15 +127,10 @@ class WideResNet(FeatureModel):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
-        self.channels_last = bool(channels_last)
-        if self.channels_last:  # see rkd.models.memory_format
-            self.to(memory_format=torch.channels_last)
+        self.set_channels_last(channels_last)  # see rkd.models.memory_format
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv1(self._layout(self.normalize(x)))
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return to_channels_last(x) if self.channels_last else x
 
     def get_stages(self) -> Sequence[nn.Module]:
         return (self.layer1, self.layer2, self.layer3)

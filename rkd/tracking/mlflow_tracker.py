@@ -21,6 +21,7 @@ from pathlib import Path
 from rkd.config.loader import dump_config, flatten
 from rkd.engine.callbacks import Callback
 from rkd.evaluation.metric_names import accuracy_metrics, worst_case_label
+from rkd.interrupt import STOPPED
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -97,7 +98,7 @@ class MlflowRun:
     def __exit__(self, exc_type, exc, tb):
         if self.enabled and self.run_id:
             # stopped from outside (Ctrl-C, a Tune scheduler ending the trial): KILLED, not FAILED
-            stopped = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+            stopped = exc_type is not None and issubclass(exc_type, STOPPED)
             if exc_type is None:
                 self._call("end", self.client.set_terminated, self.run_id, status="FINISHED",
                            record={"status": "FINISHED"})
