@@ -293,6 +293,17 @@ def test_channels_last_is_a_layout_not_a_different_function(name, kw, x):
     torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-6)
 
 
+def test_networks_that_would_hit_the_onednn_channels_last_bug_stay_nchw():
+    """A 1x1 stride-2 convolution with 4 input channels (width-4 ResNet, stage 2's shortcut)
+    corrupts the heap in torch 2.14.1's channels-last CPU backward: such a network stays NCHW."""
+    from rkd.models.memory_format import channels_last_safe
+
+    tiny = create_model("resnet18", num_classes=10, width=4, layers=[1, 1, 1, 1])
+    assert tiny.channels_last is False and not channels_last_safe(tiny)
+    assert all(p.is_contiguous() for p in tiny.parameters())
+    assert create_model("resnet18", num_classes=10, width=8, layers=[1, 1, 1, 1]).channels_last
+
+
 def test_channels_last_knob_reaches_the_model_and_is_refused_where_it_means_nothing():
     from rkd.config import ConfigError, load_config
     from rkd.experiment import build_model
