@@ -14,6 +14,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (on a busy 2-core machine small
+    double-backward and attack loops ran many times slower with 2 threads)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture
 def tracking_uri(tmp_path):
     """A fresh sqlite MLflow store for one test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -175,6 +175,41 @@ def test_a_method_without_logits_trains_and_reports_no_accuracy():
     assert "train_acc" not in hist[0] and hist[1]["train_recon"] < hist[0]["train_recon"]
 
 
+def test_methods_hear_each_epoch_start_with_its_lr_scale_also_after_a_resume(tmp_path):
+    """Method.on_epoch_start(epoch, lr of the epoch's first step / train.lr): what IAD's start
+    epoch and MTARD's weight rate follow; a resumed run continues the count."""
+    from rkd.config.schema import TrainConfig
+    from rkd.data import make_synthetic
+    from rkd.engine import Trainer
+    from rkd.methods import StandardTraining
+    from rkd.models import create_model
+
+    class Recording(StandardTraining):
+        def __init__(self, model):
+            super().__init__(model)
+            self.calls = []
+
+        def on_epoch_start(self, epoch, lr_scale):
+            self.calls.append((epoch, lr_scale))
+
+    def trainer(epochs):
+        torch.manual_seed(0)
+        model = create_model("resnet18", num_classes=10, width=8, layers=[1, 1, 1, 1])
+        cfg = TrainConfig(epochs=epochs, lr=0.1, schedule="step", milestones=[1], lr_decay=0.1, warmup_epochs=0,
+                          progress="none")
+        return Trainer(Recording(model), make_synthetic(True, n_train=16, seed=0), cfg, batch_size=8)
+
+    t = trainer(2)
+    t.fit()
+    assert [e for e, _ in t.method.calls] == [0, 1]
+    assert [s for _, s in t.method.calls] == pytest.approx([1.0, 0.1])
+    t.save_checkpoint(tmp_path / "ckpt.pt")
+    resumed = trainer(3)
+    resumed.resume(tmp_path / "ckpt.pt")
+    resumed.fit()
+    assert resumed.method.calls == [(2, pytest.approx(0.1))]
+
+
 # ------------------------------------------------------- states that crash a CUDA resume (CPU-built)
 def _tiny_trainer():
     from rkd.config.schema import TrainConfig

@@ -16,7 +16,18 @@ SPACES = sorted(glob.glob("tune_spaces/*.yaml"))
 
 def test_spaces_exist_for_every_method():
     names = {p.rsplit("/", 1)[-1][:-5] for p in SPACES}
-    assert {"robust_kd", "shafahi", "macd", "defensive_distillation", "adversarial", "trades"} <= names
+    assert {"robust_kd", "shafahi", "macd", "defensive_distillation", "adversarial", "trades",
+            "ard", "rslad", "iad", "mtard", "adaad"} <= names
+
+
+def test_the_headline_and_each_worst_case_are_metrics_a_space_can_rank_on():
+    from rkd.config import load_config
+
+    names = metric_names(load_config("preset:digits_ard"))
+    assert {"robust", "worst case Linf 8/255", "PGD-7 Linf 8/255"} <= set(names)
+    off = metric_names(load_config("preset:digits_ard", ["eval.worst_case.enabled=false"]))
+    assert "robust" not in off and not any(n.startswith("worst case") for n in off)
+    assert load_space("tune_spaces/ard.yaml").spec.metric == "worst case Linf 8/255"
 
 
 @pytest.mark.parametrize("path", SPACES)

@@ -14,7 +14,8 @@ given by ``config``, recursively), so that each stage runs a few steps on a hand
   a student of a one-epoch teacher on 16 images can diverge, which says nothing about the job;
 * every ``steps`` (attacks, PGD sets, step sweeps and probes, the worst-case suite spelled out)
   at most :data:`SMOKE.steps`, every ``max_samples`` at most :data:`SMOKE.eval`, every query
-  budget at most :data:`SMOKE.queries`, ``restarts`` at most 2; ``epochs`` anywhere 1; an
+  budget at most :data:`SMOKE.queries`, ``restarts`` at most 2; ``epochs`` anywhere 1 and a
+  method's ``start_epoch`` 0 (a loss term that starts late runs in the one epoch); an
   attack of kind ``autoattack`` (torchattacks' set, which has no step or query knob) becomes a
   2-step APGD under the same name;
 * outputs (runs, teacher caches, adversarial caches) under one throwaway ``output_dir``;
@@ -75,6 +76,8 @@ def _shrink(value: Any, key: str = "") -> Any:
         return min(value, SMOKE.steps)
     if key == "epochs":
         return 1
+    if key == "start_epoch":
+        return 0
     if key == "max_samples":
         return min(value, SMOKE.eval)
     if key.endswith("queries"):

@@ -46,7 +46,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from rkd.config.errors import ConfigError
 from rkd.config.loader import PRESET_PREFIX, load_config
-from rkd.config.numbers import Number
+from rkd.config.numbers import Number, format_eps
 from rkd.config.schema import ExperimentConfig, Strict
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
@@ -187,9 +187,15 @@ def overrides_for(sample: dict[str, Any]) -> list[str]:
 
 
 def metric_names(cfg: ExperimentConfig) -> list[str]:
-    """The metrics a run of ``cfg`` reports: ``clean``, each white-box attack label, each
+    """The metrics a run of ``cfg`` reports: ``clean``, each white-box attack label, the
+    headline ``robust`` and each threat's ``worst case <ball>`` when the worst case is on, each
     transfer attack label with `` (transfer)``."""
+    from rkd.evaluation.metric_names import worst_case_label
+    from rkd.evaluation.worst_case import grid_threats
+
     names = ["clean"] + [a.label for a in cfg.eval.attacks]
+    if cfg.eval.worst_case.enabled and grid_threats(cfg.eval):
+        names += ["robust"] + [worst_case_label(n, format_eps(e, n)) for n, e in grid_threats(cfg.eval)]
     if cfg.eval.transfer is not None:
         names += [f"{a.label} (transfer)" for a in cfg.eval.transfer.attacks]
     return names

@@ -121,6 +121,7 @@ class Trainer:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         lr_at_start = self.optimizer.param_groups[0]["lr"]
+        self.method.on_epoch_start(epoch, lr_at_start / self.cfg.lr)
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
         seen = scored = 0

@@ -27,6 +27,14 @@ class AdversarialMethod(MethodConfig):
     attack: TrainAttackConfig = Field(default_factory=TrainAttackConfig)
 
 
+def pgd_examples(model, x, y, a: TrainAttackConfig, training: bool):
+    """PGD examples of ``(x, y)`` for the attack config ``a``, the model in train mode when
+    ``a.mode`` is ``train`` and the caller is training (restored afterwards; fp32)."""
+    with attack_mode(model, a.mode == "train" and training):
+        return pgd(model, x, y, norm=a.norm, eps=a.eps, steps=a.steps, step_size=a.step_size,
+                   random_start=a.random_start)
+
+
 class AdversarialTraining(Method):
     name = "adversarial"
 
@@ -35,10 +43,7 @@ class AdversarialTraining(Method):
         self.attack = attack or TrainAttackConfig()
 
     def training_step(self, x, y) -> StepOutput:
-        a = self.attack
-        with attack_mode(self.model, a.mode == "train" and self.training):
-            x_adv = pgd(self.model, x, y, norm=a.norm, eps=a.eps, steps=a.steps, step_size=a.step_size,
-                        random_start=a.random_start)
+        x_adv = pgd_examples(self.model, x, y, self.attack, self.training)
         logits = self.model(x_adv)
         ce = F.cross_entropy(logits, y)
         return StepOutput(loss=ce, terms={"ce_adv": ce}, logits=logits)

@@ -49,6 +49,11 @@ class Method(nn.Module):
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:  # pragma: no cover
         raise NotImplementedError
 
+    def on_epoch_start(self, epoch: int, lr_scale: float) -> None:
+        """Called by the trainer before each epoch (0-based ``epoch``; also after a resume) with
+        the learning rate of its first step over the configured one, for methods whose loss
+        changes with training progress (IAD's start epoch, MTARD's weight rate)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
