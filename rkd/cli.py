@@ -115,7 +115,8 @@ def _cmd_report(args) -> int:
     from rkd.tracking.report import experiment_table
 
     print(experiment_table(args.experiment, tracking_uri=args.tracking_uri, parent_run_id=args.parent,
-                           protocols=tuple(args.protocol) if args.protocol else None))
+                           protocols=tuple(args.protocol) if args.protocol else None,
+                           over_seeds=args.over_seeds))
     return 0
 
 
@@ -328,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     r.add_argument("--parent", default=None, help="only the nested runs of this parent run (a sweep)")
     r.add_argument("--protocol", nargs="+", choices=("white-box", "transfer"), help="only these protocols")
+    r.add_argument("--over-seeds", action="store_true",
+                   help="one row per configuration: mean ± sample std over its runs' seeds")
     r.set_defaults(func=_cmd_report)
     return p
 

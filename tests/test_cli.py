@@ -207,5 +207,8 @@ def test_report_prints_the_table_of_an_experiment(tmp_path, tiny_overrides, trac
     rkd("train", "one.yaml", *tiny_overrides, cwd=tmp_path)
     proc = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, cwd=tmp_path)
     assert "| one |" in proc.stdout and "FGSM 8/255" in proc.stdout
+    rkd("train", "one.yaml", *tiny_overrides, "seed=1", cwd=tmp_path)
+    seeds = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, "--over-seeds", cwd=tmp_path)
+    assert "| one | 0, 1 |" in seeds.stdout and "mean ± sample std over seeds" in seeds.stdout
     bad = rkd("report", "--experiment", "nope", "--tracking-uri", tracking_uri, cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "no MLflow experiment named 'nope'" in bad.stderr

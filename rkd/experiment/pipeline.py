@@ -304,8 +304,8 @@ def resume_trainer(trainer: Trainer, place: RunPlace, run_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------------- evaluate
 def run_info(cfg: ExperimentConfig, run_dir: Path, mlflow_run_id: str | None, roles: dict) -> dict:
-    return {"name": cfg.name, "method": cfg.method.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
-            "run_dir": str(run_dir), "mlflow_run_id": mlflow_run_id, **roles}
+    return {"name": cfg.name, "method": cfg.method.name, "seed": cfg.seed, "arch": cfg.model.arch,
+            "dataset": cfg.data.dataset, "run_dir": str(run_dir), "mlflow_run_id": mlflow_run_id, **roles}
 
 
 def eval_log(name: str):

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from rkd.evaluation.results import comparison_table
+from rkd.evaluation.seed_table import seed_table
 from rkd.tracking.mlflow_tracker import PARENT_TAG, _client, resolve_tracking_uri
 
 
@@ -42,10 +43,14 @@ def experiment_rows(experiment: str, *, tracking_uri: str | None = None,
 
 
 def experiment_table(experiment: str, *, tracking_uri: str | None = None, parent_run_id: str | None = None,
-                     protocols: tuple[str, ...] | None = None) -> str:
+                     protocols: tuple[str, ...] | None = None, over_seeds: bool = False) -> str:
+    """The experiment's table: one row per run, or (``over_seeds``) one row per configuration
+    with mean ± std over its seeds (:func:`rkd.evaluation.seed_table.seed_table`)."""
     rows = experiment_rows(experiment, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
     if not rows:
         return f"no finished runs with results in experiment {experiment!r}\n"
     n = {r["num_samples"] for _, r in rows}
     head = f"# {experiment}: accuracy (%) on {', '.join(str(x) for x in sorted(n))} test images\n\n"
+    if over_seeds:
+        return head.replace("accuracy (%)", "accuracy (%, mean ± sample std over seeds)") + seed_table(rows)
     return head + comparison_table(rows, protocols=protocols)

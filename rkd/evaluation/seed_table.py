@@ -1,0 +1,64 @@
+"""A comparison table over seeds: one row per configuration (``results["run"]["name"]``), each
+cell the mean and sample standard deviation over that configuration's seeds, with the seeds
+named -- so that a difference between two rows can be read against their spread.
+
+Columns as :func:`rkd.evaluation.results.comparison_table`: clean, the worst case per threat
+(the headline), each attack (white-box and transfer), the train time; plus how many seeds'
+masking checks raised a flag, and which flags.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from rkd.evaluation.metric_names import worst_case_label
+
+
+def _values(r: dict, protocols: set[str]) -> dict[str, float]:
+    """``{column: accuracy}`` of one results dict; attack columns carry their protocol when the
+    table has more than one (``protocols``: those of every row)."""
+    out = {"clean": r["clean_accuracy"]}
+    out.update({worst_case_label(w["norm"], w["eps_label"]): w["accuracy"] for w in r.get("worst_case") or []})
+    for a in r["attacks"]:
+        out[a["name"] if protocols == {"white-box"} else f"{a['name']} ({a['protocol']})"] = a["accuracy"]
+    return out
+
+
+def _cell(xs: list[float], scale: float = 100.0, unit: str = "") -> str:
+    if not xs:
+        return ""
+    mean = scale * statistics.fmean(xs)
+    if len(xs) == 1:
+        return f"{mean:.1f}{unit}"
+    return f"{mean:.1f} ± {scale * statistics.stdev(xs):.1f}{unit}"
+
+
+def group_by_config(rows: list[tuple[str, dict]]) -> dict[str, list[dict]]:
+    """Results by configuration name, in first-seen order."""
+    groups: dict[str, list[dict]] = {}
+    for label, r in rows:
+        groups.setdefault(r.get("run", {}).get("name") or label, []).append(r)
+    return groups
+
+
+def seed_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown: mean ± sample std (%) over the seeds of each configuration."""
+    groups = group_by_config(rows)
+    protocols = {a["protocol"] for _, r in rows for a in r["attacks"]}
+    cols: list[str] = []
+    for rs in groups.values():
+        for r in rs:
+            cols += [c for c in _values(r, protocols) if c not in cols]
+    head = ["method", "seeds"] + cols + ["flagged", "train time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rs in groups.items():
+        values = [_values(r, protocols) for r in rs]
+        seeds = ", ".join(str(r.get("run", {}).get("seed", "?")) for r in rs)
+        flagged = [r for r in rs if r.get("flags")]
+        names = sorted({f for r in flagged for f in r["flags"]})
+        times = [r["train_wall_time_s"] for r in rs if r.get("train_wall_time_s") is not None]
+        cells = ([name, seeds] + [_cell([v[c] for v in values if c in v]) for c in cols]
+                 + [f"{len(flagged)}/{len(rs)}" + (f" ({', '.join(names)})" if names else ""),
+                    _cell(times, 1.0, " s")])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
