@@ -194,8 +194,9 @@ def metric_names(cfg: ExperimentConfig) -> list[str]:
     from rkd.evaluation.worst_case import grid_threats
 
     names = ["clean"] + [a.label for a in cfg.eval.attacks]
-    if cfg.eval.worst_case.enabled and grid_threats(cfg.eval):
-        names += ["robust"] + [worst_case_label(n, format_eps(e, n)) for n, e in grid_threats(cfg.eval)]
+    threats = grid_threats(cfg.eval) if cfg.eval.worst_case.enabled else []
+    if threats:
+        names += ["robust"] + [worst_case_label(n, format_eps(e, n)) for n, e in threats]
     if cfg.eval.transfer is not None:
         names += [f"{a.label} (transfer)" for a in cfg.eval.transfer.attacks]
     return names

@@ -25,6 +25,11 @@ from rkd.methods.registry import MethodSpec, register_method, require
 from rkd.methods.teacher import init_from_teacher
 
 
+def robust_linear_eval_attack() -> TrainAttackConfig:
+    """RoCL's r-LE attack: Linf 8/255, 10 steps of 0.007."""
+    return TrainAttackConfig(steps=10, step_size=0.007)
+
+
 class LinearEvalMethod(MethodConfig):
     """A linear classifier on a frozen encoder (``finetune``: the whole network trained)."""
 
@@ -41,7 +46,7 @@ class LinearEvalMethod(MethodConfig):
             raise ValueError("method.attack applies to adversarial: true only")
 
     def resolved_attack(self) -> TrainAttackConfig:
-        return self.attack or TrainAttackConfig(steps=10, step_size=0.007)
+        return self.attack or robust_linear_eval_attack()
 
 
 class LinearEval(Method):
@@ -51,7 +56,7 @@ class LinearEval(Method):
                  attack: TrainAttackConfig | None = None):
         super().__init__(model)
         self.adversarial, self.finetune = adversarial, finetune
-        self.attack = attack or TrainAttackConfig(steps=10, step_size=0.007)
+        self.attack = attack or robust_linear_eval_attack()
         if not finetune:
             head = {id(p) for p in model.get_classifier().parameters()}
             for p in model.parameters():
