@@ -93,6 +93,20 @@ def test_key_is_stable_and_changes_with_every_part(model, data):
     assert cache_key(model, spec, fp, 1) != k
 
 
+def test_key_changes_with_the_models_input_size(model, data):
+    """The same weights at another input size (model.input_size: InputNormalize resizes) are
+    another function with other adversarial examples: another key. Not resizing keeps the key."""
+    from rkd.models.normalize import set_input_size
+
+    fp, spec = data.fingerprint(), pgd_attack_spec(ATTACK)
+    k = cache_key(model, spec, fp, 0)
+    at_32, at_64 = set_input_size(_model(0), 32), set_input_size(_model(0), 64)
+    assert model_fingerprint(at_32) == model_fingerprint(model)  # the size is not in the state dict
+    keys = {k, cache_key(at_32, spec, fp, 0), cache_key(at_64, spec, fp, 0)}
+    assert len(keys) == 3
+    assert cache_key(set_input_size(_model(0), None), spec, fp, 0) == k
+
+
 def test_attack_spec_is_canonical():
     a = pgd_attack_spec({"norm": "LINF", "eps": 1, "steps": 4})
     b = pgd_attack_spec({"attack": "pgd", "norm": "linf", "eps": 1.0, "steps": 4, "step_size": 2.5 / 4,

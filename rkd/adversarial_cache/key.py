@@ -8,8 +8,13 @@ The key of an entry is ``sha256(canonical_json(parts))`` (lower-case hex) where 
       "attack": <the attack dict, as given>,
       "dataset_fingerprint": <str, e.g. TensorImageDataset.fingerprint()>,
       "seed": int(seed),
+      "input_size": [224],                   # only for a model that resizes its inputs
     }
 
+* ``input_size``: the sides the model's :class:`rkd.models.normalize.InputNormalize` layers
+  resize inputs to (``model.input_size``). It is not in the state dict, yet the same weights at
+  32 and 224 px are different functions with different adversarial examples. Models that do not
+  resize have no such part, so their keys are what they were.
 * :func:`model_fingerprint` -- SHA-256 over the model's ``state_dict()`` (parameters **and**
   buffers, e.g. BatchNorm running statistics, which change eval-mode outputs), entries in
   sorted name order; for each entry the bytes ``name | dtype | shape |`` followed by the raw
@@ -100,12 +105,19 @@ def canonical_json(obj: Any) -> str:
                       ensure_ascii=True)
 
 
+def input_sizes(model: nn.Module) -> list[int]:
+    """The sides ``model``'s input-normalisation layers resize to (empty when none resizes)."""
+    from rkd.models.normalize import InputNormalize
+
+    return [int(m.size) for m in model.modules() if isinstance(m, InputNormalize) and m.size is not None]
+
+
 def key_parts(model: Union[nn.Module, Mapping[str, torch.Tensor], str], attack: Mapping[str, Any],
               dataset_fingerprint: str, seed: int) -> dict:
     """The dict that :func:`cache_key` hashes (also stored in each entry's ``meta.json``).
 
     ``model`` may be an ``nn.Module``, a state dict, or an already computed
-    :func:`model_fingerprint` (64 hex characters).
+    :func:`model_fingerprint` (64 hex characters); only a module carries its ``input_size``.
     """
     if isinstance(model, str):
         if not is_key(model):
@@ -119,13 +131,17 @@ def key_parts(model: Union[nn.Module, Mapping[str, torch.Tensor], str], attack: 
         raise ValueError("dataset_fingerprint must be a non-empty string")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    return {
+    parts = {
         "format": FORMAT_VERSION,
         "model_sha256": model_hash,
         "attack": _normalise(dict(attack)),
         "dataset_fingerprint": dataset_fingerprint,
         "seed": int(seed),
     }
+    sizes = input_sizes(model) if isinstance(model, nn.Module) else []
+    if sizes:
+        parts["input_size"] = sizes
+    return parts
 
 
 def key_from_parts(parts: Mapping[str, Any]) -> str:
