@@ -36,7 +36,7 @@ from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
 QUICKSTART_METHODS: list[tuple[str, str]] = [
     ("standard training", "preset:digits_standard"),
     ("adversarial training (PGD-7 Linf 8/255)", "preset:digits_adversarial"),
-    ("TRADES (beta 6, PGD-7 Linf 8/255)", "preset:digits_trades"),
+    ("TRADES (beta 6, 10-step KL attack Linf 8/255)", "preset:digits_trades"),
     ("robust teacher: AT L2 0.5 on digits+", "preset:digits_teacher_plus"),
     ("Shafahi et al. (digits+ -> digits-)", "preset:digits_shafahi"),
     ("Robust-KD (digits+ -> digits-)", "preset:digits_robust_kd"),

@@ -109,7 +109,7 @@ class ModelConfig(Strict):
     decoder_depth: Optional[Annotated[int, Field(ge=0)]] = None
     decoder_num_heads: Optional[Annotated[int, Field(gt=0)]] = None
     norm_pix_loss: Optional[bool] = None
-    fusion: Optional[Literal["add", "concat_linear"]] = Field(None, description="MACD feature module fusion")
+    fusion: Optional[Literal["add", "concat_linear", "gated"]] = Field(None, description="MACD feature module fusion")
     softmax_dim: Optional[Literal["channel", "token"]] = Field(None, description="MACD feature module softmax axis")
     cls_separate: Optional[bool] = None
     pool: Optional[Literal["cls", "mean"]] = Field(None, description="MAE teacher: [CLS] token or mean of tokens")
@@ -265,11 +265,21 @@ class TrainAttackConfig(Strict):
         return self
 
 
-class TradesAttackConfig(TrainAttackConfig):
-    """TRADES' inner maximisation of KL(f(x') || f(x)), as in the authors' code: eval mode,
-    start at x + 0.001 * N(0, 1) (a start exactly at x has zero KL gradient)."""
+TRADES_STEP_PER_EPS = 0.007 / 0.031  # the authors' CIFAR-10 step size over their eps
 
+
+class TradesAttackConfig(TrainAttackConfig):
+    """TRADES' inner maximisation of KL(f(x') || f(x)), as in the authors' code (Zhang et al.
+    2019, ``train_trades_cifar10.py``): 10 steps of 0.007 at eps 0.031 (the step scales with
+    eps), eval mode, start at x + 0.001 * N(0, 1) (a start exactly at x has zero KL gradient)."""
+
+    steps: Annotated[int, Field(ge=1)] = 10
+    step_size: Optional[Annotated[Number, Field(gt=0)]] = Field(
+        None, description="default 0.007/0.031 * eps (the authors' 0.007 at eps 0.031)")
     mode: Literal["train", "eval"] = "eval"
+
+    def resolved_step_size(self) -> float:
+        return float(self.step_size) if self.step_size is not None else TRADES_STEP_PER_EPS * float(self.eps)
 
     @model_validator(mode="after")
     def _needs_start(self):
