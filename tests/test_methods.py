@@ -398,7 +398,8 @@ def test_macd_loss_is_ce_plus_kl_plus_normalised_l2(model):
     from rkd.losses import macd_robust_loss
 
     teacher = freeze(_mae_teacher())
-    m = Macd(model, teacher, student_patch=8, student_mask_ratio=0.5, teacher_mask_ratio=0.75).train()
+    m = Macd(model, teacher, student_patch=8, student_mask_ratio=0.5, teacher_mask_ratio=0.75,
+             projection="fixed").train()
     clean, adv, y = _paired()
     torch.manual_seed(3)
     out = m.training_step(torch.cat([clean, adv], 1), y)
@@ -422,7 +423,7 @@ def test_macd_loss_is_ce_plus_kl_plus_normalised_l2(model):
 
 def test_macd_trains_student_not_teacher_and_fixed_projection_is_saved(model):
     teacher = freeze(_mae_teacher())
-    m = Macd(model, teacher, student_patch=4).train()
+    m = Macd(model, teacher, student_patch=4, projection="fixed").train()
     assert teacher.training is False and all(not p.requires_grad for p in teacher.parameters())
     clean, adv, y = _paired()
     m.training_step(torch.cat([clean, adv], 1), y).loss.backward()
@@ -435,11 +436,14 @@ def test_macd_trains_student_not_teacher_and_fixed_projection_is_saved(model):
 
 def test_macd_learned_projection_maps_the_student_and_is_trained(model):
     teacher = freeze(_mae_teacher())
-    m = Macd(model, teacher, student_patch=4, projection="learned").train()
+    m = Macd(model, teacher, student_patch=4).train()  # learned is the default
+    assert m.projection == "learned" and not hasattr(m, "teacher_proj")
     assert isinstance(m.student_proj, nn.Linear) and m.student_proj.weight.shape == (16, model.num_features)
     clean, adv, y = _paired()
     m.training_step(torch.cat([clean, adv], 1), y).loss.backward()
     assert m.student_proj.weight.grad is not None and m.student_proj.weight.grad.abs().sum() > 0
+    assert "student_proj.weight" in m.trainable_state_dict()
+    assert {id(p) for p in m.student_proj.parameters()} <= {id(p) for p in m.trainable_parameters()}
 
 
 def test_macd_ablations_change_what_each_side_sees(model, monkeypatch):

@@ -44,6 +44,11 @@ def test_papers_ranges():
     assert macd.params["method.student_mask_ratio"].args == (0.65, 0.8)
     assert macd.params["method.student_patch"].args == (2, 4, 8, 16)
     assert macd.spec.metric.endswith("(transfer)")
+    assert macd.params["method.kl_direction"].args == ("teacher_target", "student_target")
+    assert macd.params["method.mask_value"].args == ("zero", "mean")
+    assert macd.params["method.projection"].args == ("learned", "fixed")
+    fusions = [o[0] for o in macd.params["method.teacher.overrides"].args]
+    assert fusions == ["model.fusion=concat_linear", "model.fusion=gated", "model.fusion=add"]
     dd = load_space("tune_spaces/defensive_distillation.yaml").params["method.temperature"]
     assert dd.args == (1, 2, 5, 10, 20, 30, 40, 50, 100)
 

@@ -3,27 +3,43 @@ towards the MAE teacher's features on two terms,
 
     L_robust = KL(softmax(T / tau) || softmax(S / tau)) + || S/||S|| - T/||T|| ||_2^2
 
-with ``S`` the student's pooled backbone features and ``T`` the teacher's (already projected to
-the same dimension), both ``(N, D)``; each term is averaged over the batch. The paper writes
-"KL(S_out, T_out)" without saying which way or how features become distributions: here the
-teacher's softmax over the feature axis is the target (the teacher is fixed) and ``tau``
-(default 1) is a documented option. The teacher's features are detached. The normalised-L2 term
-equals ``2 - 2 cos(S, T)``.
+with ``S`` the student's features and ``T`` the teacher's (already in the same dimension), both
+``(N, D)``; each term is averaged over the batch. The teacher's features are detached. The
+normalised-L2 term equals ``2 - 2 cos(S, T)``.
+
+The paper writes "KL(S_out, T_out)" without saying which argument is the target or how features
+become distributions (softmax over the feature axis at temperature ``tau`` here). ``direction``
+chooses: ``"teacher_target"`` (default) is ``KL(P_T || P_S)``, the distillation convention
+(the fixed teacher's distribution is the target and the student is penalised where the teacher
+has mass); ``"student_target"`` is ``KL(P_S || P_T)``, the reverse (mode-seeking) one, which is
+how ``KL(S_out, T_out)`` reads as a mathematical expression.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
+KlDirection = Literal["teacher_target", "student_target"]
+KL_DIRECTIONS = ("teacher_target", "student_target")
 
-def feature_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """``mean_n KL(softmax(T_n / tau) || softmax(S_n / tau))`` over the feature axis."""
+
+def feature_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0,
+               direction: KlDirection = "teacher_target") -> torch.Tensor:
+    """``mean_n KL(P_T || P_S)`` (``teacher_target``) or ``mean_n KL(P_S || P_T)``
+    (``student_target``), ``P = softmax(features / tau)`` over the feature axis."""
     _check(student, teacher)
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    return F.kl_div(F.log_softmax(student / tau, dim=1), F.log_softmax(teacher.detach() / tau, dim=1),
-                    reduction="batchmean", log_target=True)
+    if direction not in KL_DIRECTIONS:
+        raise ValueError(f"direction must be one of {KL_DIRECTIONS}, got {direction!r}")
+    log_s = F.log_softmax(student / tau, dim=1)
+    log_t = F.log_softmax(teacher.detach() / tau, dim=1)
+    if direction == "teacher_target":
+        return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+    return F.kl_div(log_t, log_s, reduction="batchmean", log_target=True)
 
 
 def normalized_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -32,9 +48,10 @@ def normalized_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (F.normalize(student, dim=1) - F.normalize(teacher.detach(), dim=1)).pow(2).sum(dim=1).mean()
 
 
-def macd_robust_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> tuple[torch.Tensor, dict]:
+def macd_robust_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0,
+                     direction: KlDirection = "teacher_target") -> tuple[torch.Tensor, dict]:
     """``(KL + normalised L2, {"kl": ..., "nl2": ...})``."""
-    kl, nl2 = feature_kl(student, teacher, tau), normalized_l2(student, teacher)
+    kl, nl2 = feature_kl(student, teacher, tau, direction), normalized_l2(student, teacher)
     return kl + nl2, {"kl": kl, "nl2": nl2}
 
 

@@ -8,17 +8,23 @@ Table 7 ablation) ``x`` is the clean ``(N, C, H, W)`` batch and the teacher sees
 
 One step::
 
-    S      = pool(backbone(mask2(clean)))          student input: patch2 squares zeroed at ratio2
+    S      = pool(backbone(mask2(clean)))          student input: patch2 squares hidden at ratio2
                                                    (at the model's input size when it resizes)
     T      = teacher(adv, mask_ratio=ratio1)       MAE encoder on the visible patches + feature module
-    L      = CE(head(S), y) + weight * [KL(T || S) + || S/|S| - T/|T| ||^2]
+    L      = CE(head(S), y) + weight * [KL(T || P(S)) + || P(S)/|P(S)| - T/|T| ||^2]
 
-Widths: the teacher's ``D_T`` and the student's ``D_S`` are matched by ``projection``:
-``fixed`` maps ``T`` to ``D_S`` with a fixed random Gaussian matrix (the identity when the
-widths agree; saved with the checkpoint), ``learned`` maps ``S`` to ``D_T`` with a linear layer
-trained with the student. Either way the target side is never trained, so the loss cannot be
-lowered by collapsing the target. ``distill="self"`` (Table 9, "contrastive learning only")
-replaces the teacher by the student's own detached features of the adversarial image.
+The student side ``P`` (``projection: learned``, the default) is a linear layer from the
+student's width ``D_S`` to the teacher's ``D_T``, trained with the student, present also when
+the widths agree. It is needed for the target to be reachable at all: ``S`` is pooled post-ReLU
+CNN features (every coordinate >= 0) while ``T`` is a LayerNormed ViT token with about half its
+coordinates negative, so no ``S`` itself can point along ``T`` (the normalised-L2 term stays
+near 0.6 at best; ``tests/test_methods.py`` measures it). ``projection: fixed`` is the earlier
+choice, kept for comparison: ``T`` through a fixed random Gaussian map to ``D_S`` (the
+identity at equal widths), the student unprojected, with that floor. Either way the target
+side is never trained, so the loss cannot be lowered by collapsing the target.
+``distill="self"`` (Table 9, "contrastive learning only") replaces the teacher by the student's
+own detached features of the adversarial image (batch statistics as in training; the
+batch-norm running statistics are left as they were).
 """
 
 from __future__ import annotations
@@ -37,9 +43,13 @@ from rkd.config.numbers import Number
 from rkd.config.schema import OneTimeAttackConfig, TeacherConfig
 from rkd.data.masking import random_patch_mask
 from rkd.losses import macd_robust_loss
+from rkd.losses.contrastive import KL_DIRECTIONS, KlDirection
 from rkd.methods.base import Method, StepOutput, freeze
 from rkd.methods.registry import MethodSpec, SharedTrainingData, register_method, require
 from rkd.methods.teacher import DistillationConfig
+from rkd.models.modes import batchnorm_statistics_kept
+
+MASK_VALUES = ("zero", "mean")
 
 
 class MacdMethod(DistillationConfig):
@@ -77,9 +87,16 @@ class MacdMethod(DistillationConfig):
     masking: bool = Field(True, description="false: neither side is masked (Table 8)")
     distill: Literal["mae", "self"] = Field("mae", description="self: contrastive only, no MAE teacher (Table 9)")
     projection: Literal["fixed", "learned"] = Field(
-        "fixed", description="matching widths: fixed = the teacher's features through a fixed random Gaussian "
-        "map to the student's width; learned = the student's features through a trained linear layer to the "
-        "teacher's width (the target is never trained either way)")
+        "learned", description="learned = the student's features through a trained linear layer to the teacher's "
+        "width (always, also at equal widths: post-ReLU student features cannot point along the teacher's "
+        "signed ones); fixed = the teacher's features through a fixed random Gaussian map to the student's width, "
+        "student unprojected (the earlier choice; its normalised-L2 term cannot reach 0)")
+    kl_direction: KlDirection = Field(
+        "teacher_target", description="teacher_target = KL(P_T || P_S) (the distillation convention); "
+        "student_target = KL(P_S || P_T); the paper's KL(S_out, T_out) does not say")
+    mask_value: Literal[MASK_VALUES] = Field(  # type: ignore[valid-type]
+        "zero", description="what the student's hidden squares hold: zero = black in [0, 1] pixel space; "
+        "mean = the model's normalisation mean (zero in the normalised input); the paper says 0, not in which space")
     tau: Annotated[Number, Field(gt=0)] = Field(1.0, description="softmax temperature of the KL term")
     weight: Annotated[Number, Field(ge=0)] = Field(1.0, description="weight of L_robust against CE")
 
@@ -116,8 +133,8 @@ class Macd(Method):
 
     def __init__(self, model: nn.Module, teacher: nn.Module | None, *, teacher_mask_ratio: float = 0.75,
                  student_patch: int = 8, student_mask_ratio: float = 0.7, adversarial: bool = True,
-                 masking: bool = True, distill: str = "mae", projection: str = "fixed", tau: float = 1.0,
-                 weight: float = 1.0, seed: int = 0):
+                 masking: bool = True, distill: str = "mae", projection: str = "learned", tau: float = 1.0,
+                 weight: float = 1.0, seed: int = 0, kl_direction: str = "teacher_target", mask_value: str = "zero"):
         super().__init__(model)
         if distill not in ("mae", "self"):
             raise ValueError(f"distill must be 'mae' or 'self', got {distill!r}")
@@ -131,20 +148,31 @@ class Macd(Method):
         self.student_mask_ratio = float(student_mask_ratio)
         self.adversarial, self.masking, self.distill = bool(adversarial), bool(masking), distill
         self.tau, self.weight = float(tau), float(weight)
-        self.projection = projection
+        if kl_direction not in KL_DIRECTIONS:
+            raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {kl_direction!r}")
+        self.projection, self.kl_direction = projection, kl_direction
+        if mask_value not in MASK_VALUES:
+            raise ValueError(f"mask_value must be one of {MASK_VALUES}, got {mask_value!r}")
+        if mask_value == "mean" and not hasattr(getattr(model, "normalize", None), "mean"):
+            raise ValueError("mask_value 'mean' needs a model with an InputNormalize layer (model.normalize)")
+        self.mask_value = mask_value
         # a student that resizes its input (model.input_size, e.g. 224 for 32 px CIFAR) is masked
         # at that size, as in the paper, where images are resized to 224 before everything else
         self.mask_size = getattr(getattr(model, "normalize", None), "size", None)
         d_s = model.num_features
         d_t = teacher.num_features if teacher is not None else d_s
         self.student_proj: nn.Module = nn.Identity()
-        if projection == "learned" and d_t != d_s:
+        if projection == "learned":
             self.student_proj = nn.Linear(d_s, d_t)
         elif projection == "fixed" and d_t != d_s:
             g = torch.Generator().manual_seed(int(seed))
             self.register_buffer("teacher_proj", torch.randn(d_t, d_s, generator=g) / math.sqrt(d_t))
         elif projection not in ("fixed", "learned"):
             raise ValueError(f"projection must be 'fixed' or 'learned', got {projection!r}")
+
+    def mask_fill(self) -> float | torch.Tensor:
+        """What the student's hidden squares hold: 0, or the normalisation mean (1, C, 1, 1)."""
+        return self.model.normalize.mean if self.mask_value == "mean" else 0.0
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(clean, adversarial) views of a batch (the same tensor twice without adversarial examples)."""
@@ -158,7 +186,8 @@ class Macd(Method):
         """The teacher's features of the adversarial images in the student's width (no gradient)."""
         with torch.no_grad():
             if self.distill == "self":
-                return self.model.forward_head(self.model.forward_features(adv), pre_logits=True)
+                with batchnorm_statistics_kept(self.model):
+                    return self.model.forward_head(self.model.forward_features(adv), pre_logits=True)
             t = self.teacher(adv, mask_ratio=self.teacher_mask_ratio if self.masking else 0.0)
             return t @ self.teacher_proj if hasattr(self, "teacher_proj") else t
 
@@ -168,12 +197,12 @@ class Macd(Method):
             if self.mask_size is not None and clean.shape[-1] != self.mask_size:
                 clean = F.interpolate(clean, size=(self.mask_size, self.mask_size), mode="bilinear",
                                       align_corners=False)
-            clean, _ = random_patch_mask(clean, self.student_patch, self.student_mask_ratio)
+            clean, _ = random_patch_mask(clean, self.student_patch, self.student_mask_ratio, fill=self.mask_fill())
         feats = self.model.forward_features(clean)
         s = self.model.forward_head(feats, pre_logits=True)
         logits = self.model.forward_head(feats)
         t = self.target(adv)
-        robust, terms = macd_robust_loss(self.student_proj(s), t.float(), self.tau)
+        robust, terms = macd_robust_loss(self.student_proj(s), t.float(), self.tau, self.kl_direction)
         ce = F.cross_entropy(logits, y)
         loss = ce + self.weight * robust if self.weight > 0 else ce
         return StepOutput(loss=loss, terms={"ce": ce, "robust": robust, **terms}, logits=logits.detach())
@@ -190,7 +219,8 @@ def _build(cfg: MacdMethod, model, models, seed) -> Macd:
     teacher = freeze(models["teacher"]) if models.get("teacher") is not None else None
     return Macd(model, teacher, teacher_mask_ratio=cfg.teacher_mask_ratio, student_patch=cfg.student_patch,
                 student_mask_ratio=cfg.student_mask_ratio, adversarial=cfg.adversarial, masking=cfg.masking,
-                distill=cfg.distill, projection=cfg.projection, tau=cfg.tau, weight=cfg.weight, seed=seed)
+                distill=cfg.distill, projection=cfg.projection, tau=cfg.tau, weight=cfg.weight, seed=seed,
+                kl_direction=cfg.kl_direction, mask_value=cfg.mask_value)
 
 
 # ------------------------------------------------------------------ the one-time adversarial set
