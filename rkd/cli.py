@@ -116,16 +116,17 @@ def _cmd_report(args) -> int:
 
     print(experiment_table(args.experiment, tracking_uri=args.tracking_uri, parent_run_id=args.parent,
                            protocols=tuple(args.protocol) if args.protocol else None,
-                           over_seeds=args.over_seeds))
+                           over_seeds=args.over_seeds, split=args.split))
     return 0
 
 
 def _cmd_eval(args) -> int:
     from rkd.experiment import evaluate_run
+    from rkd.experiment.reevaluate import results_dir
 
     results = evaluate_run(args.run_dir, eval_overrides=args.overrides, eval_config=args.config,
-                           track=not args.no_track)
-    print((__import__("pathlib").Path(args.run_dir) / "results.md").read_text())
+                           track=not args.no_track, split=args.split)
+    print((results_dir(args.run_dir, args.split) / "results.md").read_text())
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
@@ -244,15 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a finished run directory",
                        description="Evaluate RUN_DIR's final model on its configured grid (or another), write "
-                                   "results.json/results.md there and add them to its MLflow run.",
+                                   "results.json/results.md there and add them to a nested MLflow run.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  rkd eval runs/digits-standard-20261121-101500\n"
-                              "  rkd eval RUN_DIR eval.max_samples=100 'eval.step_sweep={steps: [0, 7, 25]}'")
+                              "  rkd eval RUN_DIR eval.max_samples=100 'eval.step_sweep={steps: [0, 7, 25]}'\n"
+                              "  rkd eval RUN_DIR --split validation")
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="key=value overrides of the run's config (eval.*)")
     e.add_argument("--config", help="take the eval section from this config file instead")
     e.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     e.add_argument("--json", action="store_true", help="also print results.json")
+    e.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="evaluate on the test set (results.json), or on the validation split the run held out "
+                        "(data.val_size; RUN_DIR/validation/results.json), the one to choose options on "
+                        "(default: %(default)s)")
     e.set_defaults(func=_cmd_eval)
 
     x = sub.add_parser("export", help="a finished run as a RobustBench-style JSON entry",
@@ -331,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--protocol", nargs="+", choices=("white-box", "transfer"), help="only these protocols")
     r.add_argument("--over-seeds", action="store_true",
                    help="one row per configuration: mean ± sample std over its runs' seeds")
+    r.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="the test results, or the evaluations on the held-out validation split "
+                        "(rkd eval RUN --split validation) (default: %(default)s)")
     r.set_defaults(func=_cmd_report)
     return p
 

@@ -212,3 +212,33 @@ def test_report_prints_the_table_of_an_experiment(tmp_path, tiny_overrides, trac
     assert "| one | 0, 1 |" in seeds.stdout and "mean ± sample std over seeds" in seeds.stdout
     bad = rkd("report", "--experiment", "nope", "--tracking-uri", tracking_uri, cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "no MLflow experiment named 'nope'" in bad.stderr
+
+
+def test_eval_on_the_validation_split_and_its_report(tmp_path, tiny_overrides, tracking_uri):
+    """`rkd eval RUN --split validation` evaluates on the images the training held out
+    (validation/results.json, its own nested MLflow run); the test results stay as they were;
+    `rkd report --split validation` tabulates those evaluations and the default report does
+    not mix them into the test table. A run without a validation split gets one clear line."""
+    (tmp_path / "one.yaml").write_text("name: one\neval: {attacks: [{kind: fgsm, eps: 8/255}]}\n")
+    run_dir = tmp_path / "run"
+    rkd("train", "one.yaml", *tiny_overrides, "data.val_size=12", "--run-dir", str(run_dir), cwd=tmp_path)
+    test_results = (run_dir / "results.json").read_text()
+    proc = rkd("eval", str(run_dir), "--split", "validation", cwd=tmp_path)
+    assert "FGSM 8/255" in proc.stdout
+    val = json.loads((run_dir / "validation" / "results.json").read_text())
+    assert val["evaluated_split"] == "validation" and val["num_samples"] == 12
+    assert val["splits"]["validation"] == 12 and val["splits"]["test"] == 32
+    assert (run_dir / "results.json").read_text() == test_results
+    run = json.loads((run_dir / "run.json").read_text())
+    child = MlflowClient(tracking_uri).get_run(run["last_validation_evaluation"]["mlflow_run_id"])
+    assert child.data.tags["rkd.evaluated_split"] == "validation" and child.info.run_name == "one (validation)"
+    table = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, cwd=tmp_path).stdout
+    assert table.count("| one |") == 1 and "32 test images" in table
+    val_table = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, "--split", "validation",
+                    "--over-seeds", cwd=tmp_path).stdout
+    assert "12 validation images" in val_table and "| one | 0 |" in val_table
+
+    plain = tmp_path / "plain"
+    rkd("train", "one.yaml", *tiny_overrides, "--run-dir", str(plain), cwd=tmp_path)
+    bad = rkd("eval", str(plain), "--split", "validation", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "data.val_size" in bad.stderr and "Traceback" not in bad.stderr
