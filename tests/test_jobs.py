@@ -211,3 +211,63 @@ def test_job_entry_points_show_help():
         out = subprocess.run([sys.executable, f"jobs/{name}.py", "--help"], cwd=REPO, capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 0 and "ray job submit" in out.stdout, (name, out.stderr[-500:])
+
+
+def test_macd_fidelity_study_changes_one_choice_per_row():
+    """jobs/digits/macd_fidelity: every MACD row is the fixed preset (11_macd_learned) with
+    exactly one choice changed; every model of the chain holds out the same validation split;
+    the transfer protocol attacks the study's own standard model, MACD's source."""
+    folder = "jobs/digits/macd_fidelity"
+    ref = _load(f"{folder}/11_macd_learned.yaml")
+    keys = ("projection", "kl_direction", "mask_value", "teacher_mask_ratio", "adversarial", "masking", "distill")
+    expected = {"10_macd_before": {"projection"}, "12_macd_fusion_add": {"fusion"},
+                "13_macd_fusion_gated": {"fusion"}, "14_macd_kl_student_target": {"kl_direction"},
+                "15_macd_mask_mean": {"mask_value"}, "ablations/t5_teacher_ratio_0.85": {"teacher_mask_ratio"},
+                "ablations/t7_no_adversarial": {"adversarial"}, "ablations/t8_no_masking": {"masking"},
+                "ablations/t9_contrastive_only": {"distill", "fusion"}}
+    fusion = lambda c: _load(c.method.teacher.config).model.fusion if c.method.teacher else None  # noqa: E731
+    for name, changed in expected.items():
+        cfg = _load(f"{folder}/{name}.yaml")
+        diff = {k for k in keys if getattr(cfg.method, k) != getattr(ref.method, k)}
+        diff |= {"fusion"} if fusion(cfg) != fusion(ref) else set()
+        assert diff == changed, name
+        assert cfg.method.source == ref.method.source == cfg.eval.transfer.source
+        assert cfg.data.val_size == 0.15 and cfg.train == ref.train
+    for path in [p for p in FILES if p.startswith(folder)]:
+        cfg = _load(path)
+        assert cfg.data.val_size == 0.15, path
+        for spec in cfg.method.trained_models().values():
+            assert _load(spec.config, tuple(spec.overrides)).data.val_size == 0.15, (path, spec.config)
+
+
+@pytest.mark.e2e
+def test_reproduce_runs_seeds_evaluates_validation_and_reuses_finished_rows(tmp_path, tiny_overrides, tracking_uri):
+    """jobs/reproduce.py over a folder of two configs and two seeds with --validation: each run
+    in its fixed directory, evaluated on its test set and on its held-out validation split, both
+    tables printed; the same command again trains and evaluates nothing."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    folder = tmp_path / "table"
+    folder.mkdir()
+    (folder / "base.yaml").write_text("name: base\neval: {attacks: [{kind: fgsm, eps: 8/255}]}\n")
+    for name in ("a", "b"):
+        (folder / f"{name}.yaml").write_text(f"base: base.yaml\nname: {name}\n")
+    over = [*tiny_overrides, "data.val_size=8"]
+    cmd = [sys.executable, str(JOBS / "reproduce.py"), str(folder), "--experiment", "rkd", "--seeds", "0", "1",
+           "--set", *over, "--validation", "eval.checks.enabled=false"]
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = tmp_path / "runs" / "reproduce"
+    assert sorted(p.name for p in runs.iterdir()) == ["a-seed0", "a-seed1", "b-seed0", "b-seed1"]
+    for d in runs.iterdir():
+        assert (d / "results.json").is_file() and (d / "validation" / "results.json").is_file()
+    assert "| a | 0, 1 |" in first.stdout and "8 validation images" in first.stdout
+    client = MlflowClient(tracking_uri)
+    count = len(client.search_runs([client.get_experiment_by_name("rkd").experiment_id]))
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished before; reused") == 4
+    assert len(client.search_runs([client.get_experiment_by_name("rkd").experiment_id])) == count
