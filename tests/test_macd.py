@@ -136,6 +136,16 @@ def test_self_distillation_target_leaves_batchnorm_statistics_untouched(student)
     assert not torch.equal(before[bn], student.state_dict()[bn])
 
 
+def test_self_distillation_trains_through_a_whole_step(student):
+    # the target's forward restores batch-norm buffers in place: the step's own graph must not
+    # have saved them yet, or backward fails (the Table 9 row crashed this way)
+    m = Macd(student, None, distill="self", student_patch=4).train()
+    x = torch.rand(6, 3, 32, 32)
+    out = m.training_step(torch.cat([x, (x + 0.03).clamp(0, 1)], 1), torch.arange(6) % 10)
+    out.loss.backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
 # ---- 5: what the student's hidden squares hold -------------------------------------------------
 def test_mask_value_zero_or_the_normalisation_mean(student):
     x = torch.rand(3, 3, 32, 32)

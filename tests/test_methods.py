@@ -406,16 +406,17 @@ def test_macd_loss_is_ce_plus_kl_plus_normalised_l2(model):
     assert set(out.terms) == {"loss", "ce", "robust", "kl", "nl2"}
     assert out.loss.item() == pytest.approx(out.terms["ce"].item() + out.terms["robust"].item(), rel=1e-5)
     assert out.terms["robust"].item() == pytest.approx(out.terms["kl"].item() + out.terms["nl2"].item(), rel=1e-5)
-    # recompute by hand with the same random draws: student mask first, then the teacher's
+    # recompute by hand with the same random draws: the teacher's mask first (the target is
+    # computed before the student's forward), then the student's
     from rkd.data.masking import random_patch_mask
 
     torch.manual_seed(3)
+    with torch.no_grad():
+        t = teacher(adv, mask_ratio=0.75) @ m.teacher_proj  # 16 -> 32 features
     masked, mask = random_patch_mask(clean, 8, 0.5)
     assert (mask.flatten(1).sum(1) == 8).all()  # 16 squares of 8 px, half hidden
     f = model.forward_features(masked)
     s = model.forward_head(f, pre_logits=True)
-    with torch.no_grad():
-        t = teacher(adv, mask_ratio=0.75) @ m.teacher_proj  # 16 -> 32 features
     robust, _ = macd_robust_loss(s, t)
     assert out.terms["robust"].item() == pytest.approx(robust.item(), rel=1e-4)
     assert out.terms["ce"].item() == pytest.approx(F.cross_entropy(model.forward_head(f), y).item(), rel=1e-4)

@@ -193,6 +193,9 @@ class Macd(Method):
 
     def training_step(self, x, y) -> StepOutput:
         clean, adv = self.split(x)
+        # the target first: with distill 'self' it is a forward pass of the student itself whose
+        # batch-norm buffers are restored in place, which must not happen under a graph that saved them
+        t = self.target(adv)
         if self.masking:
             if self.mask_size is not None and clean.shape[-1] != self.mask_size:
                 clean = F.interpolate(clean, size=(self.mask_size, self.mask_size), mode="bilinear",
@@ -201,7 +204,6 @@ class Macd(Method):
         feats = self.model.forward_features(clean)
         s = self.model.forward_head(feats, pre_logits=True)
         logits = self.model.forward_head(feats)
-        t = self.target(adv)
         robust, terms = macd_robust_loss(self.student_proj(s), t.float(), self.tau, self.kl_direction)
         ce = F.cross_entropy(logits, y)
         loss = ce + self.weight * robust if self.weight > 0 else ce
