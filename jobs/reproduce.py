@@ -9,7 +9,8 @@ their MLflow experiment.
 
 Each run has a fixed directory, ``<output_dir>/reproduce/<name>[-seed<N>]``: running the same
 command again reuses every run that finished (its results.json is there) and resumes one that
-was interrupted, so a stopped table continues where it stopped. With ``--seeds`` every config
+was interrupted (one stopped before its first checkpoint is set aside and trained again), so a
+stopped table continues where it stopped. With ``--seeds`` every config
 runs once per seed (``seed=N``) and the table gives each configuration's mean ± sample std over
 them. With ``--validation`` every run is also evaluated on the validation split it held out
 (``rkd eval RUN --split validation``; the configs must set ``data.val_size``) and that table is
@@ -17,6 +18,7 @@ printed too: the one to choose options on.
 """
 
 import argparse
+import time
 from pathlib import Path
 
 import _common
@@ -32,8 +34,12 @@ def train(cli, config: str, run_dir: Path, overrides: list[str]) -> int:
         print(f"reproduce: {run_dir} finished before; reused")
         return 0
     if (run_dir / "config.yaml").is_file():
-        print(f"reproduce: {run_dir} was interrupted; resuming it")
-        return cli(["train", "--resume", str(run_dir)])
+        if any((run_dir / "checkpoints").glob("epoch_*.pt")):
+            print(f"reproduce: {run_dir} was interrupted; resuming it")
+            return cli(["train", "--resume", str(run_dir)])
+        kept = run_dir.with_name(f"{run_dir.name}.stopped-{time.strftime('%Y%m%dT%H%M%S')}")
+        run_dir.rename(kept)  # stopped before its first checkpoint: start again, keep what it left
+        print(f"reproduce: {run_dir} stopped before its first checkpoint; kept as {kept.name}, training again")
     return cli(["train", config, *overrides, "--run-dir", str(run_dir)])
 
 

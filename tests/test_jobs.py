@@ -271,3 +271,26 @@ def test_reproduce_runs_seeds_evaluates_validation_and_reuses_finished_rows(tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished before; reused") == 4
     assert len(client.search_runs([client.get_experiment_by_name("rkd").experiment_id])) == count
+
+
+def test_reproduce_reuses_resumes_or_restarts_a_row(tmp_path, monkeypatch):
+    """A finished row is reused, an interrupted one with a checkpoint resumed, one stopped before
+    its first checkpoint set aside (nothing deleted) and trained again from its config."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(JOBS))
+    reproduce = importlib.import_module("reproduce")
+    calls = []
+    cli = lambda argv: calls.append(argv) or 0  # noqa: E731
+    done, resumable, early = (tmp_path / n for n in ("done", "resumable", "early"))
+    for d in (done, resumable, early):
+        d.mkdir()
+        (d / "config.yaml").write_text("name: x\n")
+    (done / "results.json").write_text("{}")
+    (resumable / "checkpoints").mkdir()
+    (resumable / "checkpoints" / "epoch_0.pt").write_bytes(b"x")
+    for d in (done, resumable, early):
+        assert reproduce.train(cli, "c.yaml", d, ["seed=1"]) == 0
+    assert calls == [["train", "--resume", str(resumable)], ["train", "c.yaml", "seed=1", "--run-dir", str(early)]]
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("early.stopped-")]
+    assert not early.exists() and len(kept) == 1 and (kept[0] / "config.yaml").is_file()
