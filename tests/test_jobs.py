@@ -219,12 +219,15 @@ def test_macd_fidelity_study_changes_one_choice_per_row():
     the transfer protocol attacks the study's own standard model, MACD's source."""
     folder = "jobs/digits/macd_fidelity"
     ref = _load(f"{folder}/11_macd_learned.yaml")
-    keys = ("projection", "kl_direction", "mask_value", "teacher_mask_ratio", "adversarial", "masking", "distill")
+    keys = ("projection", "kl_direction", "mask_value", "teacher_mask_ratio", "adversarial", "masking", "distill",
+            "student_patch", "student_mask_ratio")
     expected = {"10_macd_before": {"projection"}, "12_macd_fusion_add": {"fusion"},
                 "13_macd_fusion_gated": {"fusion"}, "14_macd_kl_student_target": {"kl_direction"},
                 "15_macd_mask_mean": {"mask_value"}, "ablations/t5_teacher_ratio_0.85": {"teacher_mask_ratio"},
                 "ablations/t7_no_adversarial": {"adversarial"}, "ablations/t8_no_masking": {"masking"},
-                "ablations/t9_contrastive_only": {"distill", "fusion"}}
+                "ablations/t9_contrastive_only": {"distill", "fusion"},
+                "table6/patch2_ratio0.7": {"student_patch"}, "table6/patch4_ratio0.7": {"student_patch"},
+                **{f"table6/patch8_ratio{r}": {"student_mask_ratio"} for r in ("0.65", "0.75", "0.8")}}
     fusion = lambda c: _load(c.method.teacher.config).model.fusion if c.method.teacher else None  # noqa: E731
     for name, changed in expected.items():
         cfg = _load(f"{folder}/{name}.yaml")
