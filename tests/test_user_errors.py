@@ -13,7 +13,7 @@ import torch
 
 from rkd.config import ConfigError, load_config
 from rkd.config.schema import TrackingConfig
-from rkd.experiment.builders import resolve_device
+from rkd.engine.device import resolve_device
 from rkd.tracking import TrackingUnreachable, check_tracking
 
 

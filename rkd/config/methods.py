@@ -64,6 +64,11 @@ class MethodConfig(BaseModel):
         architectures that take it): channels-last unless the method's step is slower there."""
         return True
 
+    def fp32_only(self) -> str | None:
+        """Why this method's training step must run in fp32 (no AMP, no TF32, no torch.compile),
+        e.g. a double backward; None when it need not. Config checks refuse those settings."""
+        return None
+
     def check(self, cfg: Any) -> None:
         """Checks across config sections; raise ValueError naming the keys."""
 

@@ -65,6 +65,9 @@ class DataConfig(Strict):
     batch_size: Annotated[int, Field(gt=0), NotInKey(LOADER)] = 128
     eval_batch_size: Annotated[int, Field(gt=0)] = 256
     num_workers: Annotated[int, Field(ge=0), NotInKey(LOADER)] = 0
+    on_device: Annotated[Union[bool, Literal["auto"]], NotInKey(RUN)] = Field(
+        "auto", description="keep the training set on the training device and gather and augment batches there "
+        "(the same batches as the loader); auto = on for CUDA when the images take at most 2 GiB")
     split_seed: int = 0
     val_size: Annotated[Number, Field(ge=0)] = Field(
         0.0, description="validation images held out of the TRAIN set (stratified, seeded by split_seed): a count, "
@@ -358,7 +361,19 @@ class TrainConfig(Strict):
     )
     lr_decay: Annotated[Number, Field(gt=0, le=1)] = 0.1
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    amp: bool = False
+    amp: Union[bool, Literal["bf16", "fp16"]] = Field(
+        False, description="autocast: bf16 (no loss scale; inner attacks in bf16 too), fp16 (GradScaler; inner "
+        "attacks in fp32), true = bf16 where the device has it, else fp16 (rkd.engine.precision)")
+    tf32: Annotated[Union[bool, Literal["auto"]], NotInKey(RUN)] = Field(
+        "auto", description="TF32 fp32 matmuls and cuDNN convolutions; auto = on for CUDA unless the method "
+        "needs fp32 (Robust-KD's Jacobian term)")
+    cudnn_benchmark: Annotated[Union[bool, Literal["auto"]], NotInKey(RUN)] = Field(
+        "auto", description="cuDNN times its algorithms per input shape; auto = on for CUDA")
+    fused_optimizer: Annotated[Union[bool, Literal["auto"]], NotInKey(RUN)] = Field(
+        "auto", description="the optimiser's fused kernel (SGD, Adam, AdamW); auto = on for CUDA")
+    compile: Annotated[bool, NotInKey(RUN)] = Field(
+        False, description="torch.compile the trained network's forward (not with a double backward: Robust-KD's "
+        "Jacobian term); off by default: compile time, and one graph per train/eval switch of the inner attacks")
     grad_clip: Optional[Annotated[Number, Field(gt=0)]] = None
     on_divergence: Annotated[Literal["error", "warn"], NotInKey(RUN)] = Field(
         "error", description="a non-finite epoch loss ends the run (error) or is a warning (warn: --smoke, where "
@@ -651,7 +666,18 @@ class ExperimentConfig(Strict):
         if self.eval.transfer is not None and self.eval.transfer.source is None and m.transfer_source() is None:
             raise ValueError(f"eval.transfer.source is required (method {m.name} has no source model of its own)")
         m.check(self)
+        self._numerics_fit()
         return self
+
+    def _numerics_fit(self) -> None:
+        """A method whose step must stay in fp32 refuses AMP, TF32 and torch.compile."""
+        reason = self.method.fp32_only()
+        if reason is None:
+            return
+        for key, value in (("train.amp", self.train.amp), ("train.tf32", self.train.tf32),
+                           ("train.compile", self.train.compile)):
+            if value is not False and value != "auto":
+                raise ValueError(f"{key} must be false while {reason}; rkd runs it in fp32 only (README, Numerics)")
 
     def trained_models(self) -> dict[str, TeacherConfig]:
         """``{key path: spec}`` of every trained model a run of this config loads: the

@@ -1,5 +1,6 @@
 """Training loop, callbacks, checkpoints, optimiser/schedule."""
 
+from rkd.engine import precision
 from rkd.engine.callbacks import (
     Callback,
     CheckpointCallback,
@@ -21,4 +22,5 @@ from rkd.engine.trainer import Trainer
 
 __all__ = ["Callback", "CheckpointCallback", "CheckpointError", "DistributedEpochSampler", "EpochShuffleSampler",
            "GradientAllReduce", "HistoryCallback", "ProgressCallback", "Trainer", "atomic_torch_save",
-           "latest_checkpoint", "list_checkpoints", "seed_everything", "sha256_file", "verified_torch_load"]
+           "latest_checkpoint", "list_checkpoints", "precision", "seed_everything", "sha256_file",
+           "verified_torch_load"]

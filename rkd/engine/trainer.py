@@ -10,17 +10,18 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from rkd.data.device_loader import DeviceLoader, fits_on_device
 from rkd.data.loader import make_loader
 from rkd.engine.callbacks import Callback
 from rkd.engine.checkpoint import CheckpointError, atomic_torch_save, get_rng_state, set_rng_state, verified_torch_load
 from rkd.engine.optim import build_optimizer, build_scheduler
+from rkd.engine.precision import Precision, apply_backend_settings, compile_in_place, resolve_auto
 from rkd.engine.sampler import EpochShuffleSampler
 
 CHECKPOINT_FORMAT = 1
@@ -32,7 +33,8 @@ class Trainer:
     Args:
         method: the :class:`~rkd.methods.Method` (owns the model and any frozen teacher).
         train_set: a dataset of ``(image in [0,1], label)``.
-        cfg: the ``train`` config section (epochs, optimiser, schedule, amp, grad_clip).
+        cfg: the ``train`` config section (epochs, optimiser, schedule, amp, grad_clip, and the
+            speed settings tf32, cudnn_benchmark, fused_optimizer, compile).
         batch_size: per-process batch size.
         device: torch device for the method and batches.
         seed: drives the shuffling order (with the epoch) so resume replays the same batches.
@@ -41,31 +43,52 @@ class Trainer:
             (e.g. clean test accuracy); its keys are added to the epoch metrics.
         sampler: override the sampler (Ray Train passes a DistributedSampler).
         rank: process rank; callbacks that write (checkpoints, tracking) act on rank 0 only.
+        fp32_only: the method's step must stay in fp32: ``tf32: auto`` stays off, no compile.
+        data_on_device: keep the training set on ``device`` (:class:`rkd.data.device_loader.
+            DeviceLoader`); ``"auto"``: on CUDA when it fits.
     """
 
     def __init__(self, method, train_set: Dataset, cfg, *, batch_size: int, device: torch.device | str = "cpu",
                  seed: int = 0, callbacks: Iterable[Callback] = (), eval_fn: Callable | None = None,
-                 sampler: Sampler | None = None, num_workers: int = 0, rank: int = 0):
+                 sampler: Sampler | None = None, num_workers: int = 0, rank: int = 0, fp32_only: bool = False,
+                 data_on_device: bool | str = False):
         self.method = method.to(device)
         self.cfg, self.device, self.rank = cfg, torch.device(device), rank
         self.epochs = cfg.epochs
         self.callbacks = list(callbacks)
         self.eval_fn = eval_fn
         self.sampler = sampler or EpochShuffleSampler(len(train_set), seed=seed)
-        self.loader = make_loader(train_set, batch_size, sampler=self.sampler, num_workers=num_workers,
-                                  pin_memory=self.device.type == "cuda")
+        self.loader = self._make_loader(train_set, batch_size, num_workers, data_on_device)
         self.iters_per_epoch = len(self.loader)
-        self.optimizer = build_optimizer(method.trainable_parameters(), cfg)
+        self.settings = self._speed_settings(fp32_only)
+        self.optimizer = build_optimizer(method.trainable_parameters(), cfg, fused=self.settings["fused_optimizer"])
         self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
-        use_amp = bool(cfg.amp)
-        self.autocast = (torch.autocast(self.device.type,
-                                        dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
-                         if use_amp else nullcontext())
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and self.device.type == "cuda")
+        self.precision = Precision.from_setting(cfg.amp, self.device)
+        self.scaler = self.precision.scaler
+        self.settings["amp"] = self.precision.name
         self.start_epoch = 0
         self.global_step = 0
         self.history: list[dict] = []
         self.wall_time = 0.0  # seconds spent in fit() (accumulated across resumes)
+
+    def _make_loader(self, train_set, batch_size: int, num_workers: int, on_device: bool | str):
+        if resolve_auto(on_device, self.device, fits_on_device(train_set)):
+            return DeviceLoader(train_set, batch_size, sampler=self.sampler, device=self.device)
+        return make_loader(train_set, batch_size, sampler=self.sampler, num_workers=num_workers,
+                           pin_memory=self.device.type == "cuda")
+
+    def _speed_settings(self, fp32_only: bool) -> dict:
+        """TF32, cuDNN's autotuner (process-wide), the fused optimiser and torch.compile, as
+        resolved for this device and method (rkd.engine.precision); recorded in ``settings``."""
+        cfg, device = self.cfg, self.device
+        settings = apply_backend_settings(tf32=resolve_auto(cfg.tf32, device, not fp32_only),
+                                          cudnn_benchmark=resolve_auto(cfg.cudnn_benchmark, device))
+        settings["fused_optimizer"] = resolve_auto(cfg.fused_optimizer, device)
+        settings["compile"] = bool(cfg.compile) and not fp32_only
+        if settings["compile"]:
+            compile_in_place(self.method.model)
+        settings["data_on_device"] = isinstance(self.loader, DeviceLoader)
+        return settings
 
     # ------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -128,7 +151,7 @@ class Trainer:
         for step, (x, y) in enumerate(self.loader):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            with self.autocast:
+            with self.precision.step():
                 out = self.method.training_step(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()

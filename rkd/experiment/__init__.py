@@ -9,7 +9,8 @@
 * :mod:`.reevaluate` -- a finished run's model, evaluated again.
 """
 
-from rkd.experiment.builders import build_datasets, build_model, num_classes_of, resolve_device
+from rkd.engine.device import resolve_device
+from rkd.experiment.builders import build_datasets, build_model, num_classes_of
 from rkd.experiment.model_cache import TeacherRun, cached_teacher_dir, teacher_config, teacher_key
 from rkd.experiment.pipeline import (
     LoadedModel,

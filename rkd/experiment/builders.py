@@ -5,30 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from rkd.config import ConfigError, ExperimentConfig
+from rkd.config import ExperimentConfig
 from rkd.data import build_dataset, class_subset, dataset_info, half_split, limit, validation_split
 from rkd.data.transforms import train_transform
 from rkd.models import create_model, set_input_size
 from rkd.models.memory_format import ChannelsLast
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when this process sees a GPU, else the CPU. A device that is not there
-    is a :class:`ConfigError` before any work, not a CUDA error minutes into a run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        missing = "no CUDA device is visible to this process"
-    elif device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        missing = f"this process sees {torch.cuda.device_count()} CUDA device(s)"
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        missing = "MPS is not available here"
-    else:
-        return device
-    raise ConfigError("device", [("", f"{name}: {missing}; use device=cpu or device=auto")])
 
 
 @dataclass(frozen=True)

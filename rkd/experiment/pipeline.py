@@ -48,9 +48,10 @@ from rkd.engine import (
     seed_everything,
     verified_torch_load,
 )
+from rkd.engine.device import resolve_device
 from rkd.evaluation import accuracy, evaluate, make_results, write_results
 from rkd.evaluation.robust_accuracy import eval_subset
-from rkd.experiment.builders import build_data, build_model, num_classes_of, resolve_device
+from rkd.experiment.builders import build_data, build_model, num_classes_of
 from rkd.experiment.chain_data import require_chain_data
 from rkd.experiment.model_cache import DEFAULT_OUTPUT_DIR, TeacherRun, ensure_cached
 from rkd.experiment.place import RunPlace
@@ -277,6 +278,7 @@ def make_trainer(p: Prepared, tracker: MlflowRun, callbacks: Iterable[Callback])
     return Trainer(
         p.method, p.train_set, cfg.train, batch_size=math.ceil(cfg.data.batch_size / place.world_size),
         device=p.device, seed=cfg.seed, num_workers=cfg.data.num_workers, rank=place.rank, sampler=sampler,
+        fp32_only=cfg.method.fp32_only() is not None, data_on_device=cfg.data.on_device,
         eval_fn=epoch_eval_fn(cfg, p.test_set, p.device, p.val_set),
         callbacks=[ProgressCallback(cfg.train.progress, desc=cfg.name), HistoryCallback(p.run_dir / "history.json"),
                    CheckpointCallback(p.run_dir / "checkpoints", cfg.train.checkpoint_every,
@@ -324,7 +326,8 @@ def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict
                         batch_size=cfg.data.eval_batch_size, source=source and source.module,
                         source_label=source and source.run.cfg.name, log=eval_log(cfg.name))
         body = {**body, "splits": {**p.split_record(), "test": body["num_samples"]}}
-        results = make_results(body, run=run_info(cfg, p.run_dir, tracker.run_id, p.roles()),
+        run = {**run_info(cfg, p.run_dir, tracker.run_id, p.roles()), "numerics": trainer.settings}
+        results = make_results(body, run=run,
                                train_wall_time_s=trainer.wall_time)
         tracker.log_results(results, list(write_results(results, p.run_dir)))
     else:

@@ -11,9 +11,10 @@ import torch
 from rkd.config import load_config
 from rkd.config.errors import ConfigError
 from rkd.engine import verified_torch_load
+from rkd.engine.device import resolve_device
 from rkd.evaluation import evaluate, make_results, write_results
 from rkd.evaluation.results import archive_results
-from rkd.experiment.builders import build_data, build_model, resolve_device
+from rkd.experiment.builders import build_data, build_model
 from rkd.experiment.pipeline import eval_log, load_teacher, run_info
 from rkd.experiment.run_claim import claimed
 from rkd.experiment.run_dir import read_run_json, write_run_json

@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from rkd.engine.precision import attack_precision
 from rkd.models.modes import model_mode
 
 
@@ -93,8 +94,9 @@ def freeze(module: nn.Module) -> nn.Module:
 @contextmanager
 def attack_mode(model: nn.Module, training: bool):
     """Context for an inner attack during training: the model in train (True) or eval (False)
-    mode, restored on exit, and autocast disabled. Under fp16 autocast the input gradients of a
-    PGD step can underflow to zero (sign(0) = 0 = no step) and silently weaken the attack, so
-    attacks always run in full precision; the update's forward pass keeps AMP."""
-    with model_mode(model, training), torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+    mode, restored on exit, and the step's precision for attacks (:func:`rkd.engine.precision.
+    attack_precision`): bf16 autocast is kept, fp16 autocast turned off -- under fp16 the input
+    gradients of a PGD step can underflow to zero (sign(0) = 0 = no step) and silently weaken the
+    attack; the update's forward pass keeps AMP either way."""
+    with model_mode(model, training), attack_precision():
         yield model

@@ -37,6 +37,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from rkd.config import ExperimentConfig
 from rkd.config.methods import import_plugin, plugin_sources
 from rkd.config.tune_space import Distribution, LoadedSpace, load_space
+from rkd.engine.device import device_for_grant
 from rkd.evaluation.metric_names import PREFIX, accuracy_metrics
 from rkd.experiment import RunPlace, ensure_named_models, run_experiment
 from rkd.methods import get_method
@@ -129,12 +130,9 @@ def shared_data_identity(cfg: ExperimentConfig) -> str | None:
 
 
 def granted_device(device: str) -> str:
-    """``device: auto`` in a Ray task or actor: CUDA only when Ray granted this process a GPU.
-    Ray does not hide a machine's GPUs from a process that asked for none, so ``auto`` alone
-    would put every zero-GPU trial on cuda:0, outside Ray's accounting."""
-    if device != "auto":
-        return device
-    return "cuda" if ray.get_gpu_ids() else "cpu"
+    """``device: auto`` in a Ray task or actor: CUDA only when Ray granted this process a GPU
+    (:func:`rkd.engine.device.device_for_grant`)."""
+    return device_for_grant(device, ray.get_gpu_ids())
 
 
 def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id: str | None, shared,
