@@ -1,11 +1,18 @@
-"""Reproduce a paper table: run every config of a table's folder (or listed files) in order,
-each through `rkd train` (teachers and caches are shared), then print the comparison table of
-their MLflow experiment.
+"""Reproduce a paper table: every config of a table's folder (or listed files) as one graph on
+the Ray cluster, then the comparison table of their MLflow experiment.
 
     ray job submit --working-dir . -- python jobs/reproduce.py jobs/macd/cifar10_resnet50 --experiment macd-cifar10
     python jobs/reproduce.py jobs/digits/macd/table6 --experiment digits-macd-table6
     python jobs/reproduce.py jobs/digits/table1 --experiment rkd-digits-table1 --seeds 0 1 2
     python jobs/reproduce.py jobs/digits/macd_fidelity --experiment rkd-digits-macd-fidelity --seeds 0 1 2 --validation
+
+The table runs as one graph (rkd.orchestration.table): every stage the rows load (teachers, MAE
+stages, sources) once, each as soon as its own inputs exist and with the resources of its own
+config (a GPU worker when it asks for one), then every row as soon as its stages exist, as many
+at once as the cluster's resources allow. A failed row is recorded FAILED and named at the end;
+the others go on. It joins the cluster of ``$RAY_ADDRESS`` (``ray job submit`` sets it) or
+starts a local one. ``--sequential`` runs the rows one after another in this process instead
+(each through ``rkd train``, without Ray), as this script did before.
 
 Each run has a fixed directory, ``<output_dir>/reproduce/<name>[-seed<N>]``: running the same
 command again reuses every run that finished (its results.json is there) and resumes one that
@@ -29,7 +36,7 @@ def run_dir_of(cfg, seed: int | None) -> Path:
 
 
 def train(cli, config: str, run_dir: Path, overrides: list[str]) -> int:
-    """Train one row unless it finished before; resume it when it was interrupted."""
+    """``--sequential``: train one row unless it finished before; resume it when it was interrupted."""
     if (run_dir / "results.json").is_file():
         print(f"reproduce: {run_dir} finished before; reused")
         return 0
@@ -43,6 +50,31 @@ def train(cli, config: str, run_dir: Path, overrides: list[str]) -> int:
     return cli(["train", config, *overrides, "--run-dir", str(run_dir)])
 
 
+def run_sequential(cli, rows: dict) -> list[str]:
+    """Every row in this process, one after another; the names of the rows that failed."""
+    failed = []
+    for name, (path, _, run_dir, overrides) in rows.items():
+        if train(cli, str(path), run_dir, overrides):
+            failed.append(name)
+    return failed
+
+
+def run_graph(rows: dict) -> list[str]:
+    """Every row and stage as one graph on the Ray cluster; the names of the rows that failed."""
+    from rkd.orchestration import connect
+    from rkd.orchestration.table import run_table
+
+    connect()
+    t0 = time.monotonic()
+
+    def on_end(o):
+        what = f"FAILED: {o.error}" if o.error else f"{o.how} in {o.seconds:.0f} s"
+        print(f"reproduce: [{time.monotonic() - t0:6.0f} s] {o.name}: {what}", flush=True)
+
+    outcomes = run_table({name: (cfg, run_dir) for name, (_, cfg, run_dir, _) in rows.items()}, on_end=on_end)
+    return [name for name, o in outcomes.items() if o.error]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+", help="config files or folders of them")
@@ -54,6 +86,8 @@ def main() -> int:
                     help="also evaluate every run on its validation split (eval.* overrides for that "
                          "evaluation may follow) and print that table")
     ap.add_argument("--smoke", action="store_true", help="each run's whole chain, a few steps each; no table")
+    ap.add_argument("--sequential", action="store_true",
+                    help="the rows one after another in this process (no Ray), instead of one graph on the cluster")
     args = ap.parse_args()
     from rkd.cli import main as cli
     from rkd.config import load_config
@@ -61,10 +95,14 @@ def main() -> int:
     files = []
     for p in map(Path, args.paths):
         files += sorted(q for q in p.glob("*.yaml") if q.name != "base.yaml") if p.is_dir() else [p]
-    seeds = args.seeds or [None]
-    configs = {f: load_config(str(f), args.set) for f in files}  # validate all before running any
+    rows = {}  # name -> (file, config, run dir, overrides); every config validated before any runs
+    for seed in args.seeds or [None]:
+        overrides = [*args.set, *([] if seed is None else [f"seed={seed}"])]
+        for f in files:
+            cfg = load_config(str(f), overrides)
+            rows[run_dir_of(cfg, seed).name] = (f, cfg, run_dir_of(cfg, seed), overrides)
     if args.validation is not None:
-        missing = [str(f) for f, c in configs.items() if not c.data.val_size]
+        missing = sorted({str(f) for f, c, _, _ in rows.values() if not c.data.val_size})
         if missing:
             raise SystemExit(f"reproduce --validation: no validation split (data.val_size) in {', '.join(missing)}")
     if args.smoke:
@@ -73,22 +111,20 @@ def main() -> int:
             if rc:
                 return rc
         return 0
-    for seed in seeds:
-        extra = [] if seed is None else [f"seed={seed}"]
-        for f, cfg in configs.items():
-            run_dir = run_dir_of(cfg, seed)
-            rc = train(cli, str(f), run_dir, [*args.set, *extra])
-            if rc:
-                return rc
-            if args.validation is not None and not (run_dir / "validation" / "results.json").is_file():
-                rc = cli(["eval", str(run_dir), *args.validation, "--split", "validation"])
-                if rc:
-                    return rc
+    failed = run_sequential(cli, rows) if args.sequential else run_graph(rows)
+    if args.validation is not None:
+        for name, (_, _, run_dir, _) in rows.items():
+            if name not in failed and not (run_dir / "validation" / "results.json").is_file():
+                if cli(["eval", str(run_dir), *args.validation, "--split", "validation"]):
+                    failed.append(f"{name} (validation evaluation)")
     over = ["--over-seeds"] if args.seeds else []
     rc = cli(["report", "--experiment", args.experiment, *over])
-    if rc or args.validation is None:
-        return rc
-    return cli(["report", "--experiment", args.experiment, *over, "--split", "validation"])
+    if not rc and args.validation is not None:
+        rc = cli(["report", "--experiment", args.experiment, *over, "--split", "validation"])
+    if failed:
+        print(f"reproduce: {len(failed)} of {len(rows)} rows failed: {', '.join(failed)} (their runs are FAILED in "
+              "MLflow and run.json; run the same command again to retry them, finished rows are reused)")
+    return rc or (1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -245,9 +245,10 @@ def test_macd_fidelity_study_changes_one_choice_per_row():
 
 @pytest.mark.e2e
 def test_reproduce_runs_seeds_evaluates_validation_and_reuses_finished_rows(tmp_path, tiny_overrides, tracking_uri):
-    """jobs/reproduce.py over a folder of two configs and two seeds with --validation: each run
-    in its fixed directory, evaluated on its test set and on its held-out validation split, both
-    tables printed; the same command again trains and evaluates nothing."""
+    """jobs/reproduce.py over a folder of two configs and two seeds with --validation, as one
+    graph on a local Ray cluster: each run in its fixed directory, evaluated on its test set and
+    on its held-out validation split, both tables printed; the same command again (--sequential,
+    without Ray) trains and evaluates nothing."""
     import subprocess
     import sys
 
@@ -270,7 +271,8 @@ def test_reproduce_runs_seeds_evaluates_validation_and_reuses_finished_rows(tmp_
     assert "| a | 0, 1 |" in first.stdout and "8 validation images" in first.stdout
     client = MlflowClient(tracking_uri)
     count = len(client.search_runs([client.get_experiment_by_name("rkd").experiment_id]))
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert first.stdout.count(": trained in") == 4
+    again = subprocess.run([*cmd, "--sequential"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished before; reused") == 4
     assert len(client.search_runs([client.get_experiment_by_name("rkd").experiment_id])) == count

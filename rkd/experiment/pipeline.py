@@ -126,12 +126,13 @@ class Prepared:
 
 # ------------------------------------------------------------------------------ trained models
 def ensure_teacher(spec: TeacherConfig, *, parent_run_id: str | None = None, tracking: TrackingConfig | None = None,
-                   output_dir: str = DEFAULT_OUTPUT_DIR) -> TeacherRun:
+                   output_dir: str = DEFAULT_OUTPUT_DIR, tags: dict | None = None) -> TeacherRun:
     """Make sure a trained model exists as a finished run (trained once, cached; see
-    :mod:`rkd.experiment.model_cache`), training it through this pipeline if needed."""
+    :mod:`rkd.experiment.model_cache`), training it through this pipeline if needed; ``tags``
+    go to its run when it trains (e.g. the node it ran on)."""
     def train(cfg, run_dir, resume, key):
         run_experiment(cfg, RunPlace(run_dir=run_dir, resume=resume, parent_run_id=parent_run_id,
-                                     tags={"rkd.role": "teacher", "rkd.teacher_key": key}))
+                                     tags={"rkd.role": "teacher", "rkd.teacher_key": key, **(tags or {})}))
 
     return ensure_cached(spec, train, output_dir=output_dir, tracking=tracking)
 
@@ -358,7 +359,7 @@ def open_tracker(p: Prepared) -> MlflowRun:
 def record_start(p: Prepared, tracker: MlflowRun) -> None:
     uri = resolve_tracking_uri(p.cfg.tracking.tracking_uri) if tracker.enabled else None
     write_run_json(p.run_dir, name=p.cfg.name, mlflow_run_id=tracker.run_id, status="RUNNING", tracking_uri=uri,
-                   device=str(p.device), splits=p.split_record(), **p.roles())
+                   device=str(p.device), splits=p.split_record(), tags=p.place.tags, **p.roles())
 
 
 # ---------------------------------------------------------------------------------------- run

@@ -57,6 +57,14 @@ def get_or_create_experiment(client, name: str) -> str:
         return exp.experiment_id
 
 
+def prepare_store(tracking) -> None:
+    """Create the store's tables and the experiment now, in one process: several processes that
+    open a new sqlite store at once race to create its tables and fail (``table ... already
+    exists``) -- a driver calls this before it starts concurrent runs."""
+    if tracking.enabled:
+        get_or_create_experiment(_client(resolve_tracking_uri(tracking.tracking_uri)), tracking.experiment)
+
+
 class MlflowRun:
     """One MLflow run, used as a context manager.
 

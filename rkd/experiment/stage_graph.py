@@ -1,0 +1,83 @@
+"""A table's work as a graph: the trained models its rows load (stages) and the rows.
+
+A row (one experiment config) loads trained models -- teachers, MAE stages, transfer sources --
+that the teacher cache trains once (:mod:`rkd.experiment.model_cache`), and each of those may
+load others (MACD: student <- MAE feature stage <- MAE stage). :func:`plan_table` walks every
+row's chain and returns each distinct cached model once, keyed by its cache directory, with the
+stages it needs; an orchestrator runs each stage as soon as its inputs exist and each row after
+its own stages (:mod:`rkd.orchestration.table`). Models given as a finished ``run_dir`` are not
+stages: there is nothing to train. Planning reads configs only, no weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rkd.config import ExperimentConfig
+from rkd.config.schema import TeacherConfig
+from rkd.experiment.model_cache import cached_teacher_dir, teacher_config
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A cached model the table needs: ``key`` is its cache directory; ``cfg`` its config as the
+    requesting row trains it (the row's output folder and tracking); ``needs``: stage keys."""
+
+    key: str
+    spec: TeacherConfig
+    cfg: ExperimentConfig
+    needs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    cfg: ExperimentConfig
+    needs: tuple[str, ...]
+
+
+@dataclass
+class TablePlan:
+    stages: dict[str, Stage] = field(default_factory=dict)  # in an order where needs come first
+    rows: dict[str, Row] = field(default_factory=dict)
+
+    def users(self, key: str) -> list[str]:
+        """The rows that need stage ``key``, directly or through other stages."""
+        def reaches(needs) -> bool:
+            return any(k == key or reaches(self.stages[k].needs) for k in needs)
+        return [name for name, row in self.rows.items() if reaches(row.needs)]
+
+
+def stage_config(spec: TeacherConfig, requester: ExperimentConfig) -> ExperimentConfig:
+    """The model's config as :func:`~rkd.experiment.model_cache.ensure_cached` trains it for
+    ``requester``: under the requester's output folder, logged with its tracking."""
+    return teacher_config(spec).model_copy(update={"output_dir": requester.output_dir,
+                                                   "tracking": requester.tracking})
+
+
+def _add_needs(cfg: ExperimentConfig, plan: TablePlan) -> tuple[str, ...]:
+    keys = []
+    for spec in cfg.trained_models().values():
+        if spec.config is None:
+            continue  # a finished run directory
+        member = stage_config(spec, cfg)
+        key = str(cached_teacher_dir(spec, member, cfg.output_dir))
+        if key not in plan.stages:
+            needs = _add_needs(member, plan)  # its own inputs first
+            plan.stages[key] = Stage(key, spec, member, needs)
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+def plan_table(rows: dict[str, ExperimentConfig]) -> TablePlan:
+    """The stages and rows of a table of ``{row name: config}``."""
+    plan = TablePlan()
+    for name, cfg in rows.items():
+        plan.rows[name] = Row(name, cfg, _add_needs(cfg, plan))
+    return plan
+
+
+def stage_label(key: str) -> str:
+    return Path(key).name
