@@ -9,8 +9,9 @@ Each method of :data:`QUICKSTART_METHODS` is trained and evaluated on the Robust
 job prints one comparison table with each method's training wall time, a defensive-distillation
 table (JSMA, FGSM, CW, input-gradient norms), a MACD table (transfer protocol and white-box), and
 logs everything to MLflow: one parent run ``quickstart`` with one nested run per method. The
-teachers are trained first; the other methods run as the trials of one Ray Tune launch on a
-local Ray cluster the job starts itself. Teachers are trained once and cached (under
+whole table runs as one graph (:mod:`rkd.orchestration.table`) on a local Ray cluster the job
+starts itself: the teachers and the other models the rows load as stages, each row after its
+own. Teachers are trained once and cached (under
 ``<output_dir>/teachers``, keyed by their config); a later quickstart reuses them and its table
 shows their original training time, marked "cached".
 """
@@ -20,14 +21,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Iterable
 
 from rkd.config import TrackingConfig, load_config
 from rkd.config.schema import TeacherConfig
 from rkd.evaluation import comparison_table, distillation_table, read_results
-from rkd.experiment import ensure_named_models, ensure_teacher, unique_dir
+from rkd.experiment import unique_dir
 from rkd.experiment.progress import Progress
 from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
 
@@ -155,6 +155,85 @@ def quickstart_configs(overrides: Iterable[str] = (), output_dir: str = "runs", 
     return configs
 
 
+def plan_quickstart(configs: list, cpus: int, output_dir: str, tracking: TrackingConfig):
+    """The quickstart as a table plan: every row asking for ``cpus`` CPUs, the teacher rows as
+    the stages their students load. Returns ``(plan, {stage key: teacher row's preset})``."""
+    from rkd.config.schema import ScalingConfig
+    from rkd.experiment.stage_graph import add_stage, plan_table
+    from rkd.orchestration.train import absolute_paths
+
+    where = {"scaling": ScalingConfig(resources_per_worker={"CPU": cpus})}
+    rows = {_key(preset): absolute_paths(cfg.model_copy(update=where))
+            for _, preset, cfg in configs if not isinstance(cfg, TeacherConfig)}
+    models = [(cfg, absolute_paths(load_config(cfg.config, cfg.overrides).model_copy(
+                   update={**where, "output_dir": output_dir, "tracking": tracking})))
+              for _, _, cfg in configs if isinstance(cfg, TeacherConfig)]
+    plan = plan_table(rows, models)
+    keys = {}
+    for (_, preset, cfg), (_, requester) in zip([c for c in configs if isinstance(c[2], TeacherConfig)], models):
+        keys[add_stage(plan, cfg, requester)] = preset  # already planned: its key
+    return plan, keys
+
+
+class GraphProgress:
+    """The progress lines of the quickstart's graph, and what it needs afterwards: each teacher
+    row's ``(run directory, trained now)`` and the failures."""
+
+    def __init__(self, progress: Progress, labels: dict[str, str], teacher_keys: dict[str, str]):
+        self.progress, self.labels, self.teacher_keys = progress, labels, teacher_keys
+        self.teachers: dict[str, tuple[Path, bool]] = {}
+        self.failed: dict[str, str] = {}
+
+    def on_stage(self, key: str, record: dict | None, error: str | None) -> None:
+        if key in self.teacher_keys:
+            preset = self.teacher_keys[key]
+            self.teachers[preset] = (Path(key), bool(record and record["trained_now"]))
+            cached = record is not None and not record["trained_now"]
+            self.progress.done(self.labels[_key(preset)] + (" FAILED" if error else ""),
+                               record["seconds"] if record else None, cached=cached)
+        else:
+            what = "FAILED" if error else ("trained" if record["trained_now"] else "found in the cache")
+            self.progress.note(f"model {Path(key).name}: {what}")
+        if error:
+            self.failed[Path(key).name] = error
+
+    def on_row(self, outcome) -> None:
+        self.progress.done(self.labels[outcome.name] + (" FAILED" if outcome.error else ""), outcome.seconds)
+        if outcome.error:
+            self.failed[outcome.name] = outcome.error
+
+
+def run_graph(configs: list, qdir: Path, parent_run_id: str | None, tracking: TrackingConfig, output_dir: str,
+              parallel: int, progress: Progress) -> dict[str, tuple[Path, bool]]:
+    """Every row and the models they load as one graph on a local Ray cluster started here (or
+    ``$RAY_ADDRESS``; :mod:`rkd.orchestration.table`), each task with ``CPUs / parallel`` CPUs:
+    one at a time by default, so train times compare. Returns the teacher rows' ``{preset:
+    (run directory, trained now)}``; raises if a row failed, KeyboardInterrupt if stopped."""
+    import ray
+
+    from rkd.orchestration import connect
+    from rkd.orchestration.table import check_before_work, run_plan
+    from rkd.tracking import PARENT_TAG, end_tagged_runs
+
+    connect(num_cpus=os.cpu_count(), tracking_uri=tracking.tracking_uri)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // parallel)
+    plan, teacher_keys = plan_quickstart(configs, cpus, output_dir, tracking)
+    check_before_work([r.cfg for r in plan.rows.values()] + [st.cfg for st in plan.stages.values()])
+    events = GraphProgress(progress, {_key(p): label for label, p, _ in configs}, teacher_keys)
+    progress.note(f"{len(plan.stages)} trained models and {len(plan.rows)} runs as one graph on Ray, "
+                  f"{parallel} at a time")
+    try:
+        run_plan(plan, {k: qdir / r.cfg.name for k, r in plan.rows.items()}, parent_run_id=parent_run_id,
+                 on_stage=events.on_stage, on_row=events.on_row)
+    finally:  # every task has ended: a nested run still RUNNING lost its process (Ctrl-C, a crash)
+        if parent_run_id is not None:
+            end_tagged_runs(tracking, PARENT_TAG, parent_run_id, "KILLED",
+                            {"rkd.stopped": "its job ended before the run did"})
+    if events.failed:
+        raise RuntimeError("quickstart runs failed: " + "; ".join(f"{k}: {e}" for k, e in events.failed.items()))
+    return events.teachers
+
+
 def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
                    out=sys.stdout, parallel: int = 1, full: bool = False) -> dict:
     """Run the quickstart.
@@ -162,9 +241,9 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     ``overrides`` are ``key=value`` for every method (teachers included), or
     ``METHOD:key=value`` for one (METHOD as in :func:`method_keys`, e.g.
     ``adversarial:method.attack.steps=3``). Every config is loaded and validated before the
-    first run starts. Teachers are trained first (once, cached); then every other row is a
-    trial of one Ray Tune launch on a local cluster started here (or ``$RAY_ADDRESS``),
-    ``parallel`` at a time (1: each trial has all CPUs, so train times compare). A row that
+    first run starts. The rows and the models they load (teachers once, cached) run as one
+    graph of Ray tasks on a local cluster started here (or ``$RAY_ADDRESS``), ``parallel`` at a
+    time (1: each task has all CPUs, so train times compare). A row that
     another row names as a model it needs (the standard model, MACD's transfer source) is served
     from the teacher cache instead of being trained twice. ``full`` adds the Robust-KD
     ablation rows (:data:`ABLATION_METHODS`); ``only`` picks rows by key from all of them.
@@ -177,46 +256,14 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     qdir = unique_dir(output_dir, "quickstart")
     rows, runs = [], []
     with MlflowRun(tracking, run_name="quickstart", tags={"rkd.kind": "quickstart"}) as parent:
-        # 1. teachers, in table order, trained once (or found in the cache) by this process;
-        #    also whatever the other rows load (MAE teacher, MACD's standard source)
         progress = Progress(len(configs), out=out)
-        labels = {_key(p): label for label, p, _ in configs}
-        teachers = {}
+        teachers = run_graph(configs, qdir, parent.run_id, tracking, output_dir, parallel, progress)
         for label, preset, cfg in configs:
             if isinstance(cfg, TeacherConfig):
-                progress.note(f"{label}: {preset}, trained once through the teacher cache")
-                t0 = time.monotonic()
-                teachers[preset] = ensure_teacher(cfg, parent_run_id=parent.run_id, tracking=tracking,
-                                                 output_dir=output_dir)
-                progress.done(label, time.monotonic() - t0, cached=not teachers[preset].trained_now)
-            elif cfg.trained_models():
-                progress.note(f"models that {label} needs: {', '.join(cfg.trained_models())}")
-                ensure_named_models(cfg, parent_run_id=parent.run_id, tracking=tracking)
-        # 2. every other row: one Tune launch on the local Ray cluster
-        students = {_key(p): c for _, p, c in configs if not isinstance(c, TeacherConfig)}
-        launched = {}
-        if students:
-            from rkd.orchestration import connect
-            from rkd.orchestration.tune import launch_runs
-
-            progress.note(f"{len(students)} runs as one Tune launch ({parallel} at a time): {', '.join(students)}")
-            connect(num_cpus=os.cpu_count(), tracking_uri=tracking.tracking_uri)
-            launched = launch_runs(
-                students, qdir, parent_run_id=parent.run_id, max_concurrent_trials=parallel, name=qdir.name,
-                on_start=lambda key: progress.note(f"{labels[key]}: training and evaluation"),
-                on_end=lambda key, seconds, error: progress.done(labels[key] + (" FAILED" if error else ""), seconds))
-        failed = {k: v["error"] for k, v in launched.items() if v.get("error")}
-        if failed:
-            raise RuntimeError("quickstart runs failed: " + "; ".join(f"{k}: {e}" for k, e in failed.items()))
-        unfinished = [k for k, c in students.items() if not (qdir / c.name / "results.json").is_file()]
-        if unfinished:  # Tune stopped the launch (Ctrl-C reaches it first): the job was stopped, not broken
-            raise KeyboardInterrupt(f"the Tune launch ended before {', '.join(unfinished)} finished")
-        for label, preset, cfg in configs:
-            if isinstance(cfg, TeacherConfig):
-                t = teachers[preset]
-                results = read_results(t.run_dir / "results.json")
-                run_dir, run_id = t.run_dir, results["run"].get("mlflow_run_id")
-                if not t.trained_now:
+                run_dir, trained_now = teachers[preset]
+                results = read_results(run_dir / "results.json")
+                run_id = results["run"].get("mlflow_run_id")
+                if not trained_now:
                     label = f"{label} (cached)"
             else:
                 run_dir = qdir / cfg.name

@@ -46,6 +46,27 @@ def test_targeted_overrides_reach_the_cached_row_and_the_spec_that_names_it():
     assert teacher_config(rows["macd"].method.trained_models()["source"]).train.epochs == 3
 
 
+def test_the_table_is_one_plan_whose_teacher_rows_are_the_stages_their_students_load():
+    """plan_quickstart: the teacher rows (and the standard row, MACD's source) are stages, each
+    student lists the stages it loads, and every task asks for the CPUs it is given."""
+    from rkd.config import TrackingConfig
+    from rkd.quickstart import plan_quickstart
+
+    configs = quickstart_configs(output_dir="q")
+    plan, teacher_keys = plan_quickstart(configs, 2, "q", TrackingConfig(enabled=False))
+    teacher_rows = {preset for _, preset, c in configs if isinstance(c, TeacherConfig)}
+    assert set(teacher_keys.values()) == teacher_rows >= {"preset:digits_teacher_plus", "preset:digits_standard"}
+    assert set(plan.rows) == {k for k in _keys(configs) if f"preset:digits_{k}" not in teacher_rows}
+    by_preset = {v: k for k, v in teacher_keys.items()}
+    for row in ("shafahi", "robust_kd"):
+        assert plan.rows[row].needs == (by_preset["preset:digits_teacher_plus"],)
+    assert by_preset["preset:digits_standard"] in plan.rows["macd"].needs
+    assert by_preset["preset:digits_dd_teacher"] in plan.rows["defensive_distillation"].needs
+    tasks = [r.cfg for r in plan.rows.values()] + [st.cfg for st in plan.stages.values()]
+    assert all(c.scaling.resources_per_worker == {"CPU": 2} for c in tasks)
+    assert len(plan.stages) == len(teacher_rows) + 2  # and MACD's two MAE stages
+
+
 @pytest.mark.parametrize("only", [["standard", "robustkd"], ["nope"]])
 def test_an_unknown_only_name_is_refused_naming_it(only):
     with pytest.raises(ValueError, match=only[-1]) as err:

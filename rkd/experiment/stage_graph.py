@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from rkd.config import ExperimentConfig
-from rkd.config.schema import TeacherConfig
+from rkd.config.schema import ScalingConfig, TeacherConfig
 from rkd.experiment.model_cache import cached_teacher_dir, teacher_config
 
 
@@ -51,9 +52,24 @@ class TablePlan:
 
 def stage_config(spec: TeacherConfig, requester: ExperimentConfig) -> ExperimentConfig:
     """The model's config as :func:`~rkd.experiment.model_cache.ensure_cached` trains it for
-    ``requester``: under the requester's output folder, logged with its tracking."""
-    return teacher_config(spec).model_copy(update={"output_dir": requester.output_dir,
-                                                   "tracking": requester.tracking})
+    ``requester``: under the requester's output folder, logged with its tracking; a model whose
+    config says nothing of where it runs (default ``scaling``) runs where the requester runs (its
+    GPU, its custom resources). None of these is part of the cache key."""
+    member = teacher_config(spec)
+    update = {"output_dir": requester.output_dir, "tracking": requester.tracking}
+    if member.scaling == ScalingConfig():
+        update["scaling"] = requester.scaling
+    return member.model_copy(update=update)
+
+
+def add_stage(plan: TablePlan, spec: TeacherConfig, requester: ExperimentConfig) -> str:
+    """The key of ``spec``'s stage in ``plan``, added (after its own inputs) if it is new."""
+    member = stage_config(spec, requester)
+    key = str(cached_teacher_dir(spec, member, requester.output_dir))
+    if key not in plan.stages:
+        needs = _add_needs(member, plan)  # its own inputs first
+        plan.stages[key] = Stage(key, spec, member, needs)
+    return key
 
 
 def _add_needs(cfg: ExperimentConfig, plan: TablePlan) -> tuple[str, ...]:
@@ -61,19 +77,20 @@ def _add_needs(cfg: ExperimentConfig, plan: TablePlan) -> tuple[str, ...]:
     for spec in cfg.trained_models().values():
         if spec.config is None:
             continue  # a finished run directory
-        member = stage_config(spec, cfg)
-        key = str(cached_teacher_dir(spec, member, cfg.output_dir))
-        if key not in plan.stages:
-            needs = _add_needs(member, plan)  # its own inputs first
-            plan.stages[key] = Stage(key, spec, member, needs)
+        key = add_stage(plan, spec, cfg)
         if key not in keys:
             keys.append(key)
     return tuple(keys)
 
 
-def plan_table(rows: dict[str, ExperimentConfig]) -> TablePlan:
-    """The stages and rows of a table of ``{row name: config}``."""
+def plan_table(rows: dict[str, ExperimentConfig], models: Iterable[tuple[TeacherConfig, ExperimentConfig]] = ()
+               ) -> TablePlan:
+    """The stages and rows of a table of ``{row name: config}``; ``models``: ``(spec,
+    requester)`` of cached models the table shows as rows of their own (a quickstart's
+    teachers), stages whether or not a row loads them."""
     plan = TablePlan()
+    for spec, requester in models:
+        add_stage(plan, spec, requester)
     for name, cfg in rows.items():
         plan.rows[name] = Row(name, cfg, _add_needs(cfg, plan))
     return plan

@@ -2,12 +2,13 @@
 
 :func:`run_table` takes the table's rows (``{name: (config, run directory)}``), plans their
 stages (:func:`rkd.experiment.stage_graph.plan_table`: every teacher, MAE stage and source
-the rows load, once each) and submits the whole graph to Ray at once:
+the rows load, once each) and submits the whole graph to Ray at once (:func:`run_plan`, which
+the quickstart also uses with a plan of its own):
 
-* each stage is a Ray task with the resources of its own config (:func:`task_options`: one
-  worker's ``scaling.resources_per_worker``, a GPU when ``use_gpu``), so it trains on a node that
-  offers them -- a GPU worker, never a CPU-only head -- and starts as soon as the stages it
-  loads have finished (their results are the task's arguments);
+* each stage is a Ray task with the resources of its own config (or, when that config does not
+  set ``scaling``, of the row that needs it; :mod:`rkd.orchestration.stages`), so it trains on a
+  node that offers them -- a GPU worker, never a CPU-only head -- and starts as soon as the
+  stages it loads have finished (their results are the task's arguments);
 * each row is a task with its config's resources that starts after its own stages, so rows run
   concurrently as far as the cluster's resources allow; a row whose config asks for a Ray Train
   TorchTrainer (``scaling.num_workers > 0``) is a coordinating task without resources whose
@@ -37,70 +38,46 @@ from typing import Any, Callable
 import ray
 
 from rkd.config import ExperimentConfig, config_from_dict
-from rkd.config.methods import import_plugin, plugin_sources
-from rkd.experiment import RunPlace, ensure_teacher, run_experiment
+from rkd.config.methods import plugin_sources
+from rkd.experiment import RunPlace, run_experiment
 from rkd.experiment.chain_data import require_chain_data
 from rkd.experiment.run_dir import run_status
-from rkd.experiment.stage_graph import TablePlan, plan_table, stage_label
+from rkd.experiment.stage_graph import TablePlan, plan_table
+from rkd.orchestration.stages import NODE_TAG, enter_task, granted, stage_options, submit_stages
 from rkd.orchestration.train import absolute_paths, fit
 from rkd.tracking import check_tracking, create_run, end_run, prepare_store
 
-NODE_TAG = "rkd.node_id"
-
 
 def task_options(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Ray task options for a stage or row of ``cfg``: one worker's resources (CPU 1 unless
-    ``resources_per_worker`` says otherwise; GPU 1 with ``use_gpu``; custom resources as given),
-    or none for a coordinator of a TorchTrainer (``scaling.num_workers > 0``)."""
-    s = cfg.scaling
-    if s.num_workers > 0:
-        return {"num_cpus": 0}
-    res = dict(s.resources_per_worker)
-    opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 1), "num_gpus": res.pop("GPU", 1 if s.use_gpu else 0)}
-    if res:
-        opts["resources"] = res
-    return opts
+    """Ray task options of a row: one worker's resources (:func:`~rkd.orchestration.stages.
+    stage_options`), or none for the coordinator of a TorchTrainer (``scaling.num_workers > 0``),
+    whose workers ask for theirs."""
+    return {"num_cpus": 0} if cfg.scaling.num_workers > 0 else stage_options(cfg)
 
 
-def _enter(cwd: str, plugins: list[str]) -> str:
-    """In a task: the driver's working directory and method plugins; returns the node id."""
-    os.chdir(cwd)  # relative paths in the configs (data roots, presets) mean what they meant to the driver
-    for source in plugins:
-        import_plugin(source)
-    return ray.get_runtime_context().get_node_id()
-
-
-@ray.remote(max_retries=0)
-def _stage_task(key: str, payload: dict, cwd: str, plugins: list[str], *needs) -> dict:
-    """Train (or find) one cached model. ``needs``: the results of the stages it loads."""
-    from rkd.config.schema import TeacherConfig
-
-    node = _enter(cwd, plugins)
-    cfg, spec = config_from_dict(payload["cfg"]), TeacherConfig(**payload["spec"])
-    t0 = time.monotonic()
-    run = ensure_teacher(spec, tracking=cfg.tracking, output_dir=cfg.output_dir, tags={NODE_TAG: node})
-    return {"key": key, "node_id": node, "trained_now": run.trained_now, "seconds": time.monotonic() - t0}
-
-
-def run_row(cfg: ExperimentConfig, run_dir: Path, tags: dict) -> str:
+def run_row(cfg: ExperimentConfig, run_dir: Path, tags: dict, parent_run_id: str | None = None) -> str:
     """Train one row into ``run_dir`` unless it finished before; resume it when interrupted.
     Returns what happened: ``reused``, ``resumed`` or ``trained``."""
     if (run_dir / "results.json").is_file():
         return "reused"
     if (run_dir / "config.yaml").is_file():
         if cfg.scaling.num_workers == 0 and any((run_dir / "checkpoints").glob("epoch_*.pt")):
-            run_experiment(cfg, RunPlace(run_dir=run_dir, resume=True, tags=tags))
+            run_experiment(cfg, RunPlace(run_dir=run_dir, resume=True, tags=tags, parent_run_id=parent_run_id))
             return "resumed"
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.stopped-{time.strftime('%Y%m%dT%H%M%S')}"))
-    fit(cfg, run_dir=run_dir, tags=tags)
+    fit(cfg, run_dir=run_dir, tags=tags, parent_run_id=parent_run_id)
     return "trained"
 
 
 @ray.remote(max_retries=0)
-def _row_task(name: str, payload: dict, run_dir: str, cwd: str, plugins: list[str], *needs) -> dict:
-    node = _enter(cwd, plugins)
+def _row_task(name: str, payload: dict, run_dir: str, cwd: str, plugins: list[str], parent_run_id: str | None,
+              *needs) -> dict:
+    node = enter_task(cwd, plugins)
     started = time.time()
-    how = run_row(config_from_dict(payload), Path(run_dir), {NODE_TAG: node, "rkd.row": name})
+    cfg = config_from_dict(payload)
+    if cfg.scaling.num_workers == 0:
+        cfg = cfg.model_copy(update={"device": granted(cfg.device)})
+    how = run_row(cfg, Path(run_dir), {NODE_TAG: node, "rkd.row": name}, parent_run_id)
     return {"row": name, "node_id": node, "how": how, "started": started, "ended": time.time()}
 
 
@@ -132,46 +109,85 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {' '.join(str(cause).split())}"[:2000]
 
 
-def submit(plan: TablePlan, run_dirs: dict[str, Path]) -> tuple[dict, dict]:
+def submit(plan: TablePlan, run_dirs: dict[str, Path], parent_run_id: str | None = None) -> tuple[dict, dict]:
     """Every stage and row of ``plan`` as Ray tasks; ``(stage refs by key, row refs by name)``."""
+    stages = submit_stages(plan, parent_run_id)
     cwd, plugins = os.getcwd(), plugin_sources()
-    stages: dict[str, ray.ObjectRef] = {}
-    for key, st in plan.stages.items():  # in dependency order: needs were added first
-        payload = {"cfg": st.cfg.model_dump(mode="json"), "spec": st.spec.model_dump(mode="json")}
-        stages[key] = _stage_task.options(name=f"stage {stage_label(key)}", **task_options(st.cfg)).remote(
-            key, payload, cwd, plugins, *[stages[k] for k in st.needs])
     rows = {name: _row_task.options(name=f"row {name}", **task_options(row.cfg)).remote(
-                name, row.cfg.model_dump(mode="json"), str(run_dirs[name]), cwd, plugins,
+                name, row.cfg.model_dump(mode="json"), str(run_dirs[name]), cwd, plugins, parent_run_id,
                 *[stages[k] for k in row.needs])
             for name, row in plan.rows.items()}
     return stages, rows
 
 
-def run_table(rows: dict[str, tuple[ExperimentConfig, Path]], *,
+def check_before_work(cfgs) -> None:
+    """Every config's chain data and tracking store, before any task starts; each store is
+    created here, once (concurrent writers of a new sqlite store race to create its tables)."""
+    for cfg in cfgs:
+        require_chain_data(cfg, cfg.output_dir)
+        check_tracking(cfg.tracking)
+        prepare_store(cfg.tracking)
+
+
+def run_table(rows: dict[str, tuple[ExperimentConfig, Path]], *, parent_run_id: str | None = None,
               on_end: Callable[[RowOutcome], None] | None = None) -> dict[str, RowOutcome]:
     """Run a table on the connected Ray cluster; returns each row's outcome (never raises for
     a failed row). ``on_end(outcome)`` is called as each row ends."""
     cfgs = {name: absolute_paths(cfg) for name, (cfg, _) in rows.items()}
     run_dirs = {name: Path(d).resolve() for name, (_, d) in rows.items()}
     plan = plan_table(cfgs)
-    for cfg in cfgs.values():  # before any work: every stage's data, the stores (created once, here)
-        require_chain_data(cfg, cfg.output_dir)
-        check_tracking(cfg.tracking)
-        prepare_store(cfg.tracking)
-    _, refs = submit(plan, run_dirs)
-    by_ref = {ref: name for name, ref in refs.items()}
+    check_before_work(cfgs.values())
+    return run_plan(plan, run_dirs, parent_run_id=parent_run_id, on_row=on_end)
+
+
+def run_plan(plan: TablePlan, run_dirs: dict[str, Path], *, parent_run_id: str | None = None,
+             on_stage: Callable[[str, dict | None, str | None], None] | None = None,
+             on_row: Callable[[RowOutcome], None] | None = None) -> dict[str, RowOutcome]:
+    """Submit ``plan`` and follow every stage and row to its end: ``on_stage(key, record,
+    error)`` and ``on_row(outcome)`` as each ends. Ctrl-C (KeyboardInterrupt) cancels every task
+    still running -- each run inside ends KILLED -- and is raised again."""
+    stages, rows = submit(plan, run_dirs, parent_run_id)
+    refs = {**{("stage", k): r for k, r in stages.items()}, **{("row", n): r for n, r in rows.items()}}
     out: dict[str, RowOutcome] = {}
-    pending = list(refs.values())
+    try:
+        for (kind, key), result, error in as_completed(refs):
+            if kind == "stage":
+                if on_stage is not None:
+                    on_stage(key, result, error)
+                continue
+            if error is None:
+                outcome = RowOutcome(key, run_dirs[key], result["how"], result["node_id"], result["started"],
+                                     result["ended"])
+            else:
+                outcome = RowOutcome(key, run_dirs[key], error=error)
+                _record_unstarted(plan.rows[key].cfg, key, run_dirs[key], error)
+            out[key] = outcome
+            if on_row is not None:
+                on_row(outcome)
+    except KeyboardInterrupt:
+        cancel(list(refs.values()))
+        raise
+    return out
+
+
+def cancel(refs: list, grace_s: float = 10.0) -> None:
+    """Stop tasks: a KeyboardInterrupt in each running one (its run ends KILLED, keeping its
+    checkpoint), then, after ``grace_s``, the worker processes of those still running."""
+    for ref in refs:
+        ray.cancel(ref)
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
+    for ref in left:
+        ray.cancel(ref, force=True)
+
+
+def as_completed(refs: dict):
+    """``(key, result, None)`` or ``(key, None, error line)`` for each ref as it completes."""
+    by_ref = {ref: key for key, ref in refs.items()}
+    pending = list(by_ref)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        name = by_ref[done[0]]
+        key = by_ref[done[0]]
         try:
-            r = ray.get(done[0])
-            outcome = RowOutcome(name, run_dirs[name], r["how"], r["node_id"], r["started"], r["ended"])
-        except Exception as exc:  # noqa: BLE001 -- a failed row is an outcome, not the table's end
-            outcome = RowOutcome(name, run_dirs[name], error=_one_line(exc))
-            _record_unstarted(cfgs[name], name, run_dirs[name], outcome.error)
-        out[name] = outcome
-        if on_end is not None:
-            on_end(outcome)
-    return out
+            yield key, ray.get(done[0]), None
+        except Exception as exc:  # noqa: BLE001 -- a failed task is an outcome, not the table's end
+            yield key, None, _one_line(exc)

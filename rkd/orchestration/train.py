@@ -12,7 +12,8 @@ The training function every worker runs is :func:`train_func`; it calls the same
 * the MLflow run the driver created, so a restarted worker group logs into the same run.
 
 :func:`fit` is the driver side: it prepares what workers must share (teachers trained once,
-absolute paths, the tracking URI), creates the MLflow run and runs the TorchTrainer. With
+on the cluster's workers by :mod:`rkd.orchestration.stages`; absolute paths, the tracking URI),
+creates the MLflow run and runs the TorchTrainer. With
 ``scaling.num_workers: 0`` it runs :func:`run_experiment` in-process without Ray.
 """
 
@@ -35,7 +36,7 @@ from rkd.config import ExperimentConfig, config_from_dict
 from rkd.config.methods import import_plugin, plugin_sources
 from rkd.engine import Callback
 from rkd.evaluation.metric_names import TRANSFER_SUFFIX, accuracy_metrics
-from rkd.experiment import RunOutput, RunPlace, ensure_named_models, run_experiment, unique_dir
+from rkd.experiment import RunOutput, RunPlace, run_experiment, unique_dir
 from rkd.orchestration.worker_groups import worker_group_ids
 from rkd.tracking import absolute_tracking_uri, create_run, end_run
 
@@ -284,7 +285,9 @@ def fit(cfg: ExperimentConfig, *, run_dir: str | Path | None = None, parent_run_
         return run_experiment(cfg, RunPlace(run_dir=run_dir, parent_run_id=parent_run_id, tags=tags or {}),
                               callbacks=worker_callbacks or ())
     cfg = absolute_paths(cfg)
-    ensure_named_models(cfg, parent_run_id=parent_run_id)
+    from rkd.orchestration.stages import train_stages
+
+    train_stages([cfg], parent_run_id=parent_run_id)  # on the workers, with their own configs' resources
     run_dir = Path(run_dir).resolve() if run_dir is not None else unique_dir(cfg.output_dir, cfg.name)
     run_tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
                 "rkd.run_dir": str(run_dir), "rkd.ray_workers": cfg.scaling.num_workers, **(tags or {})}

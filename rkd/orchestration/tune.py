@@ -13,9 +13,11 @@
   the space's metric on that split (what ASHA reads; a transfer metric after the last epoch
   only); the final report carries it with the final weights, next to every test accuracy of
   ``results.json`` (``acc.*``), and the sweep's best trial is the best final ``objective``.
-* A method's shared training data (MACD's one-time adversarial set) is built (or read from its
-  disk cache) once by the driver and put in the object store as one contiguous read-only numpy
-  array; every trial whose data has the base config's identity reads it from there
+* The models the trials load (teachers, MAE stages, sources) are trained once before the
+  trials, each as a Ray task with its own config's resources (:mod:`rkd.orchestration.stages`).
+  A method's shared training data (MACD's one-time adversarial set) is built (or read from its
+  disk cache) once by such a task, not the driver, and kept in the object store as one
+  contiguous read-only numpy array; every trial whose data has the base config's identity reads it from there
   (:func:`shared_training_data`).
 * ``resume=True`` restores an interrupted sweep (``Tuner.restore``): finished trials are kept,
   unfinished and errored ones continue from their checkpoints.
@@ -25,11 +27,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -38,9 +38,10 @@ from rkd.config import ExperimentConfig
 from rkd.config.methods import import_plugin, plugin_sources
 from rkd.config.tune_space import Distribution, LoadedSpace, load_space
 from rkd.engine.device import device_for_grant
-from rkd.evaluation.metric_names import PREFIX, accuracy_metrics
+from rkd.evaluation.metric_names import PREFIX
 from rkd.experiment import RunPlace, ensure_named_models, run_experiment
 from rkd.methods import get_method
+from rkd.orchestration.stages import build_shared_data, train_stages
 from rkd.orchestration.train import (
     CHECKPOINT_FILE,
     DONE_KEY,
@@ -54,7 +55,7 @@ from rkd.orchestration.train import (
     trainer_for,
 )
 from rkd.orchestration.worker_groups import OrphanedWorkerGroups
-from rkd.tracking import PARENT_TAG, check_tracking, create_run, end_run, end_tagged_runs, finish_run
+from rkd.tracking import check_tracking, create_run, end_run, end_tagged_runs, finish_run
 
 STATE_FILE = "rkd_sweep.json"
 #: a trial that launches a TorchTrainer only coordinates it (Tune refuses a zero request)
@@ -106,21 +107,15 @@ def max_concurrent(cfg: ExperimentConfig, requested: int | None) -> int:
 
 def shared_training_data(cfg: ExperimentConfig):
     """The base config's shared training data (its method's, e.g. MACD's one-time adversarial
-    set), loaded from (or built into) its disk cache once, then put in the object store as a
-    contiguous read-only float32 numpy array. Returns ``(ObjectRef, identity)`` -- the identity
-    says which trials may use it -- or ``(None, None)``."""
+    set), loaded from (or built into) its disk cache once by a task with the run's resources
+    (not the driver), its result kept in the object store as a contiguous read-only float32
+    numpy array. Returns ``(ObjectRef, identity)`` -- the identity says which trials may use
+    it -- or ``(None, None)``."""
     spec = get_method(cfg.method.name).shared_data
     ident = spec.identity(cfg) if spec is not None else None
     if ident is None:
         return None, None
-    from rkd.experiment import build_datasets, resolve_device
-    from rkd.experiment.pipeline import by_role, load_trained_models
-
-    device = resolve_device(cfg.device)
-    models = by_role(load_trained_models(cfg, device, None))
-    train_set, _, _ = build_datasets(cfg.data)
-    data = spec.build(cfg, train_set, models, device)
-    return ray.put(np.ascontiguousarray(data.numpy())), ident
+    return build_shared_data(absolute_paths(cfg)), ident
 
 
 def shared_data_identity(cfg: ExperimentConfig) -> str | None:
@@ -266,7 +261,8 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
     check_tracking(base.tracking)
     parent_id = state.get("parent_run_id") or create_run(
         base.tracking, sweep, tags={"rkd.kind": "sweep", "rkd.space": space_path, "rkd.metric": space.spec.metric})
-    ensure_named_models(base, parent_run_id=parent_id)  # teachers, MAE, sources: once, before the trials
+    # teachers, MAE stages, sources: once, before the trials, on the workers (rkd.orchestration.stages)
+    train_stages([absolute_paths(base)], parent_run_id=parent_id)
     shared = shared_training_data(base)
     (root / sweep).mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"parent_run_id": parent_id, "space": space_path}))
@@ -316,79 +312,3 @@ def _finish_parent(base: ExperimentConfig, parent_id: str | None, summary: dict,
                metrics={"best_objective": best["metrics"]["objective"]} if best else None,
                tags={"rkd.best_sample": json.dumps(best["config"])} if best else None,
                artifacts=[where / "summary.json"])
-
-
-def _run_row(config: dict[str, Any], *, configs: dict, out_dir: str, parent_run_id: str | None, cwd: str,
-             plugins: list[str]) -> None:
-    """A trial of :func:`launch_runs`: one named config, trained and evaluated in-process."""
-    from rkd.config import config_from_dict
-
-    os.chdir(cwd)  # relative paths in the config (teacher caches, data) mean what they meant to the driver
-    for source in plugins:
-        import_plugin(source)
-    cfg = config_from_dict(configs[config["row"]])
-    out = run_experiment(cfg, RunPlace(run_dir=Path(out_dir) / cfg.name, parent_run_id=parent_run_id,
-                                       tags={"rkd.row": config["row"]}))
-    tune.report({DONE_KEY: 1, "run_dir": str(out.run_dir), "mlflow_run_id": out.mlflow_run_id or "",
-                 **accuracy_metrics(out.results)})
-
-
-class _RowEvents(tune.Callback):
-    """Driver side: calls ``on_start(key)`` and ``on_end(key, seconds, error)`` as each row's
-    trial starts and ends (for a caller's progress line)."""
-
-    def __init__(self, on_start: Callable[[str], None] | None, on_end: Callable[[str, float, str | None], None]):
-        self.on_start, self.on_end = on_start, on_end
-        self.started: dict[str, float] = {}
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.started[trial.trial_id] = time.monotonic()
-        if self.on_start is not None:
-            self.on_start(trial.config["row"])
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, None)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "failed")
-
-    def _end(self, trial, error: str | None) -> None:
-        seconds = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
-        self.on_end(trial.config["row"], seconds, error)
-
-
-def launch_runs(configs: dict[str, ExperimentConfig], out_dir: str | Path, *, parent_run_id: str | None = None,
-                max_concurrent_trials: int = 1, name: str = "runs",
-                on_start: Callable[[str], None] | None = None,
-                on_end: Callable[[str, float, str | None], None] | None = None) -> dict[str, dict]:
-    """Run several complete experiment configs as the trials of one Tune launch (a grid over
-    their keys) on the connected cluster; each trial gets ``total CPUs / max_concurrent_trials``
-    CPUs (torch uses that many threads). Returns ``{key: last result}``; a failed trial's result
-    carries ``error``. Teachers the configs name must exist already (trained once by the caller),
-    or concurrent trials would each wait for the lock of the one training it. ``on_start(key)``
-    and ``on_end(key, seconds, error)`` are called in this process as each row starts and ends."""
-    out_dir = Path(out_dir).resolve()
-    # a trial stopped by Ctrl-C gets 10 s to end before Tune kills its actor (Tune's default: 600 s,
-    # which keeps the job waiting for a long evaluation to finish after the user asked it to stop)
-    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", "10")
-    payload = {k: absolute_paths(c).model_dump(mode="json") for k, c in configs.items()}
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, max_concurrent_trials))
-    trainable = tune.with_resources(
-        tune.with_parameters(_run_row, configs=payload, out_dir=str(out_dir), parent_run_id=parent_run_id,
-                             cwd=os.getcwd(), plugins=plugin_sources()),
-        {"CPU": cpus})
-    tuner = tune.Tuner(trainable, param_space={"row": tune.grid_search(list(configs))},
-                       tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials),
-                       run_config=tune.RunConfig(name=name, storage_path=str(out_dir / "ray_results"), verbose=0,
-                                                 callbacks=[_RowEvents(on_start, on_end)] if on_end else None))
-    try:
-        grid = tuner.fit()
-    finally:  # every trial has ended: a nested run still RUNNING lost its process (Ctrl-C, a crash)
-        if parent_run_id is not None and configs:
-            end_tagged_runs(next(iter(configs.values())).tracking, PARENT_TAG, parent_run_id, "KILLED",
-                            {"rkd.stopped": "its launch ended before the run did"})
-    out = {}
-    for r in grid:
-        key = r.config["row"]
-        out[key] = {**(r.metrics or {}), "error": f"{type(r.error).__name__}: {r.error}"[:2000] if r.error else None}
-    return out
