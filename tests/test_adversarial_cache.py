@@ -291,6 +291,31 @@ def test_get_or_build_plain_and_store_rules(tmp_path, built):
         load(tmp_path, "../etc")
 
 
+def test_concurrent_requests_for_one_set_build_it_once(tmp_path, built):
+    """Two rows of a table asking for the same one-time set at once: one builds, the other waits
+    for it and loads what was saved (the same tensors), instead of building it again."""
+    import threading
+    import time
+
+    key, started = "ef" * 32, threading.Event()
+
+    def slow():
+        started.set()
+        time.sleep(0.5)
+        return built
+
+    first, second = _Counting(slow), _Counting(lambda: built)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("first", get_or_build(tmp_path, key, first)))
+    t.start()
+    started.wait(5)
+    out["second"] = get_or_build(tmp_path, key, second)  # asks while the first is building
+    t.join()
+    assert (first.calls, second.calls) == (1, 0)
+    assert torch.equal(out["first"][0], out["second"][0]) and torch.equal(out["first"][1], out["second"][1])
+    assert [r["key"] for r in ls(tmp_path)] == [key]  # the lock file is not an entry
+
+
 def test_ls_and_verify_report_entries(tmp_path, model, data, monkeypatch, built):
     root, counter, call = _cached(tmp_path, model, data, monkeypatch, built)
     call()

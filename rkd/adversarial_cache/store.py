@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from rkd.engine.checkpoint import atomic_write, sha256_file
+from rkd.engine.file_lock import file_lock
 
 from .key import FORMAT_VERSION, is_key, key_from_parts
 
@@ -270,16 +271,28 @@ def get_or_build(root: PathLike, key: str, build_fn: Callable[[], Arrays], *,
     (float32 images, int64 labels: exactly what a later call loads).
 
     A corrupt or incomplete entry is never used: a ``UserWarning`` is issued, the entry is moved
-    to ``<root>/.corrupt/`` and the set is rebuilt.
+    to ``<root>/.corrupt/`` and the set is rebuilt. One process builds a key at a time
+    (``<root>/.locks/<key>.lock``): a concurrent caller for the same set (two rows of a table
+    that share it) waits, then loads what the first saved instead of building it again.
     """
-    try:
-        cached = load(root, key)
-    except CacheCorruptError as exc:
-        dest = move_aside(root, key, reason=exc.reason)
-        warnings.warn(f"{exc}; moved it to {dest} and rebuilding", UserWarning, stacklevel=2)
-        cached = None
+    cached = _load_valid(root, key)
     if cached is not None:
         return cached
+    with file_lock(Path(root) / ".locks" / f"{key}.lock"):
+        cached = _load_valid(root, key)  # built while this call waited
+        return cached if cached is not None else _build_and_save(root, key, build_fn, info)
+
+
+def _load_valid(root: PathLike, key: str) -> Optional[Arrays]:
+    try:
+        return load(root, key)
+    except CacheCorruptError as exc:
+        dest = move_aside(root, key, reason=exc.reason)
+        warnings.warn(f"{exc}; moved it to {dest} and rebuilding", UserWarning, stacklevel=3)
+        return None
+
+
+def _build_and_save(root: PathLike, key: str, build_fn: Callable[[], Arrays], info) -> Arrays:
     t0 = time.perf_counter()
     adv, labels = build_fn()
     wall = time.perf_counter() - t0

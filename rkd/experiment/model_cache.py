@@ -21,9 +21,7 @@ passes the function that does (:func:`rkd.experiment.pipeline.ensure_teacher`).
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +30,7 @@ from rkd.config import ExperimentConfig, load_config
 from rkd.config.identity import identity_key
 from rkd.config.schema import TeacherConfig
 from rkd.engine import CheckpointError, latest_checkpoint, verified_torch_load
+from rkd.engine.file_lock import file_lock
 from rkd.experiment.run_dir import run_status
 
 DEFAULT_OUTPUT_DIR = "runs"
@@ -64,17 +63,6 @@ def cached_teacher_dir(spec: TeacherConfig, cfg: ExperimentConfig | None = None,
                        output_dir: str = DEFAULT_OUTPUT_DIR) -> Path:
     cfg = cfg or teacher_config(spec)
     return Path(spec.resolved_cache_dir(output_dir)) / f"{cfg.name}-{teacher_key(cfg)[:12]}"
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _move_aside(run_dir: Path, why: str) -> None:
@@ -110,7 +98,7 @@ def ensure_cached(spec: TeacherConfig, train: TrainFn, *, output_dir: str = DEFA
     cfg = cfg.model_copy(update={"output_dir": output_dir})
     key = teacher_key(cfg)
     run_dir = cached_teacher_dir(spec, cfg, output_dir)
-    with _locked(run_dir.with_name(run_dir.name + ".lock")):
+    with file_lock(run_dir.with_name(run_dir.name + ".lock")):
         status = run_status(run_dir) if run_dir.is_dir() else None
         if status == "FINISHED" and (run_dir / "model.pt").is_file():
             try:
