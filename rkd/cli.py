@@ -7,9 +7,11 @@ prints the file and key and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
+from rkd import __version__
 from rkd.config import ConfigError, list_presets, load_config
 from rkd.config.schema import ExperimentConfig
 from rkd.interrupt import Terminated, sigterm_as_interrupt
@@ -221,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     presets = ", ".join(list_presets())
     p = argparse.ArgumentParser(prog="rkd", description="Distil adversarial robustness: train, evaluate, track.")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error too")
+    p.add_argument("--version", action="version", version=f"rkd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (and evaluate) one configured run",
@@ -250,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  rkd eval runs/digits-standard-20261121-101500\n"
                               "  rkd eval RUN_DIR eval.max_samples=100 'eval.step_sweep={steps: [0, 7, 25]}'\n"
                               "  rkd eval RUN_DIR --split validation")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (its config.yaml and model.pt)")
     e.add_argument("overrides", nargs="*", help="key=value overrides of the run's config (eval.*)")
     e.add_argument("--config", help="take the eval section from this config file instead")
     e.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -283,10 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="overrides apply to every method (train.epochs=2 eval.max_samples=100)\n"
                               "or to one, prefixed with its name (adversarial:method.attack.steps=3)")
     q.add_argument("overrides", nargs="*", help="key=value overrides applied to every method")
-    q.add_argument("--output-dir", default="runs")
+    q.add_argument("--output-dir", default="runs",
+                   help="where the runs and the teacher cache go (default: %(default)s)")
     q.add_argument("--only", nargs="+", metavar="METHOD", help="run only these (e.g. standard adversarial)")
     q.add_argument("--parallel", type=int, default=1,
-                   help="trials at once (default 1: each gets every CPU, so the train times compare)")
+                   help="tasks at once, each with 1/N of the CPUs (default 1: each gets every CPU, so the train "
+                        "times compare)")
     q.add_argument("--full", action="store_true",
                    help="also the Robust-KD ablation rows (w/o L_J, w/o L_fm; Table 9's other rows)")
     q.set_defaults(func=_cmd_quickstart)
@@ -298,15 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="cache_command", required=True)
     cb = csub.add_parser("build", help="PGD examples of a finished run's model, computed once and cached")
     cb.add_argument("run_dir", help="finished run whose model is the source (e.g. a standard model)")
-    cb.add_argument("--split", choices=("train", "test"), default="train")
-    cb.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    cb.add_argument("--eps", default="8/255")
-    cb.add_argument("--steps", type=int, default=40)
+    cb.add_argument("--split", choices=("train", "test"), default="train",
+                    help="which split of the run's dataset to attack (default: %(default)s)")
+    cb.add_argument("--norm", choices=("linf", "l2"), default="linf", help="PGD threat model (default: %(default)s)")
+    cb.add_argument("--eps", default="8/255", help="PGD radius, paper notation allowed (default: %(default)s)")
+    cb.add_argument("--steps", type=int, default=40, help="PGD steps (default: %(default)s, MACD's)")
     cb.add_argument("--step-size", default=None, help="default 2.5*eps/steps")
-    cb.add_argument("--seed", type=int, default=0)
-    cb.add_argument("--batch-size", type=int, default=256)
+    cb.add_argument("--seed", type=int, default=0, help="random start's seed, part of the key (default: %(default)s)")
+    cb.add_argument("--batch-size", type=int, default=256,
+                    help="attack batch size, part of the key (default: %(default)s)")
     cb.add_argument("--limit", type=int, default=None, help="only the first N images")
-    cb.add_argument("--device", default="auto")
+    cb.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     for sp in (cb, csub.add_parser("ls", help="list cached sets"),
                csub.add_parser("verify", help="check every cached file against its checksum")):
         sp.add_argument("--root", default=DEFAULT_ADV_CACHE,
@@ -322,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("space", help="space file, e.g. tune_spaces/robust_kd.yaml")
     tu.add_argument("--resume", action="store_true", help="resume the sweep of this name")
     tu.add_argument("--name", default=None, help="sweep name (default sweep-<space>)")
-    tu.add_argument("--address", default=None)
+    tu.add_argument("--address", default=None,
+                    help="Ray cluster to join (default: $RAY_ADDRESS, else a local cluster started here)")
     tu.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster")
     tu.add_argument("--max-concurrent", type=int, default=None, help="cap on concurrent trials")
     tu.add_argument("--smoke", action="store_true",
@@ -331,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.set_defaults(func=_cmd_tune)
 
     r = sub.add_parser("report", help="paper-style comparison table from the MLflow runs of an experiment")
-    r.add_argument("--experiment", required=True)
+    r.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. rkd-quickstart)")
     r.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     r.add_argument("--parent", default=None, help="only the nested runs of this parent run (a sweep)")
     r.add_argument("--protocol", nargs="+", choices=("white-box", "transfer"), help="only these protocols")
@@ -366,14 +374,18 @@ def user_error_code(exc: Exception) -> int | None:
     """The exit status of an error the user can fix, shown as its message alone: 2 for a
     configuration the run cannot start with (keys, ranges, device, tracking store), 1 for the
     state of files (a missing or corrupt dataset, nothing to resume, a used run directory, an
-    unusable checkpoint). None for anything else: a bug, shown with its traceback."""
+    unusable checkpoint, an output folder that cannot be written, a full disk). None for
+    anything else: a bug, shown with its traceback."""
     from rkd.data.errors import DatasetIntegrityError  # lazy: keeps `rkd --help` free of torch
     from rkd.engine import CheckpointError
-    from rkd.experiment.run_dir import RunRecordError
+    from rkd.experiment.run_dir import OutputFolderError, RunRecordError
 
     if isinstance(exc, (ConfigError, ConnectionError)):
         return 2
-    if isinstance(exc, (FileNotFoundError, FileExistsError, CheckpointError, DatasetIntegrityError, RunRecordError)):
+    if isinstance(exc, (FileNotFoundError, FileExistsError, CheckpointError, DatasetIntegrityError, RunRecordError,
+                        OutputFolderError)):
+        return 1
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # the disk filled up during the run
         return 1
     return None
 

@@ -29,6 +29,7 @@ from rkd.config.schema import TeacherConfig
 from rkd.evaluation import comparison_table, distillation_table, read_results
 from rkd.experiment import unique_dir
 from rkd.experiment.progress import Progress
+from rkd.experiment.run_dir import require_writable
 from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
 
 #: (table label, preset) in table order; presets whose name contains "teacher" are teachers
@@ -253,6 +254,7 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     tracking: TrackingConfig = (load_config(first.config, first.overrides) if isinstance(first, TeacherConfig)
                                 else first).tracking
     check_tracking(tracking)  # before any work or folder
+    require_writable(output_dir)
     qdir = unique_dir(output_dir, "quickstart")
     rows, runs = [], []
     with MlflowRun(tracking, run_name="quickstart", tags={"rkd.kind": "quickstart"}) as parent:

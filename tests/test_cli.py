@@ -32,6 +32,33 @@ def test_help_for_every_command(tmp_path):
     assert "RUN_DIR" in outs["eval"].upper() and "--only" in outs["quickstart"]
 
 
+def test_every_option_says_what_it_is_and_its_default_and_version_prints():
+    """Every argument of every command has a help text, and one with a default says it."""
+    import argparse
+
+    from rkd import __version__
+    from rkd.cli import build_parser
+
+    def actions(parser, path):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    yield from actions(sub, [*path, name])
+            elif not isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+                yield " ".join(path), a
+
+    missing, silent = [], []
+    for path, a in actions(build_parser(), ["rkd"]):
+        name = f"{path} {'/'.join(a.option_strings) or a.dest}"
+        if not a.help:
+            missing.append(name)
+        elif a.option_strings and a.default not in (None, False) and "default" not in a.help:
+            silent.append(name)
+    assert not missing and not silent, (missing, silent)
+    proc = subprocess.run([sys.executable, "-m", "rkd.cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"rkd {__version__}"
+
+
 def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides, tracking_uri):
     run_dir = tmp_path / "run"
     # --local: in-process, whatever the config's scaling asks for

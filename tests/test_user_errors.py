@@ -43,6 +43,37 @@ def test_a_device_that_is_not_there_is_a_config_error():
     assert resolve_device("auto").type == "cpu" and resolve_device("cpu").type == "cpu"
 
 
+def test_an_output_folder_that_cannot_be_written_or_has_no_room_is_refused_before_work(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from rkd.cli import user_error_code
+    from rkd.experiment.run_dir import OutputFolderError, require_writable
+
+    require_writable(tmp_path / "new" / "runs")  # created
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(OutputFolderError, match=r"a-file/runs cannot be written .*output_dir=DIR") as err:
+        require_writable(blocker / "runs")  # (as root, permission bits do not stop a write; a file does)
+    assert user_error_code(err.value) == 1
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
+    with pytest.raises(OutputFolderError, match=r"1 MiB free on its disk, at least 256 MiB needed"):
+        require_writable(tmp_path)
+    assert user_error_code(OSError(errno.ENOSPC, "No space left on device")) == 1  # filled up mid-run
+    assert user_error_code(OSError(errno.EIO, "I/O error")) is None  # not the user's to fix: a traceback
+
+
+@pytest.mark.e2e
+def test_rkd_train_into_an_unwritable_folder_is_one_line_before_any_work(tmp_path, tiny_overrides):
+    (tmp_path / "a-file").write_text("x")
+    over = [o for o in tiny_overrides if not o.startswith("output_dir")]
+    proc = rkd("train", "preset:digits_standard", *over, f"output_dir={tmp_path / 'a-file' / 'runs'}", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("rkd: output folder") and "epoch" not in proc.stderr
+
+
 def test_duplicate_keys_and_empty_files_are_refused(tmp_path):
     dup = tmp_path / "dup.yaml"
     dup.write_text("name: x\ntrain:\n  lr: 0.1\n  epochs: 3\n  lr: 0.01\n")

@@ -56,7 +56,7 @@ from rkd.experiment.chain_data import require_chain_data
 from rkd.experiment.model_cache import DEFAULT_OUTPUT_DIR, TeacherRun, ensure_cached
 from rkd.experiment.place import RunPlace
 from rkd.experiment.run_claim import CLAIM_FILE, claimed
-from rkd.experiment.run_dir import read_run_json, unique_dir, write_run_json
+from rkd.experiment.run_dir import read_run_json, require_writable, unique_dir, write_run_json
 from rkd.interrupt import STOPPED
 from rkd.methods import build_method, get_method
 from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
@@ -202,6 +202,9 @@ def prepare(cfg: ExperimentConfig, place: RunPlace, shared_data: torch.Tensor | 
     device = resolve_device(cfg.device)
     check_run_dir(place)
     check_tracking(cfg.tracking if place.writer else cfg.tracking.model_copy(update={"enabled": False}))
+    if place.writer:  # the folders it writes: runs and caches, its own directory's
+        for folder in {Path(cfg.output_dir), *([place.run_dir.parent] if place.run_dir is not None else [])}:
+            require_writable(folder)
     require_chain_data(cfg, cfg.output_dir)  # every stage's dataset, before the first one trains
     models = load_trained_models(cfg, device, place.parent_run_id)  # first: training one must not shift our RNG
     seed_everything(cfg.seed)

@@ -22,6 +22,36 @@ def unique_dir(parent: str | Path, stem: str) -> Path:
             path = base.with_name(f"{base.name}-{i}")
 
 
+#: a folder a run writes to must have this much free space before the run starts
+MIN_FREE_BYTES = 256 * 2**20
+
+
+class OutputFolderError(OSError):
+    """The output folder cannot be created or written, or its disk is (nearly) full."""
+
+
+def require_writable(folder: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Before any work: ``folder`` exists or can be created, a file can be written in it, and
+    its disk has ``min_free`` bytes free (checkpoints, caches, results); else an
+    :class:`OutputFolderError` naming the folder and the way on."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".rkd-write-check-"):
+            pass
+    except OSError as exc:
+        raise OutputFolderError(f"output folder {folder} cannot be written ({exc.strerror or exc}); fix it, or choose "
+                                "another (output_dir=DIR, --output-dir DIR)") from None
+    free = shutil.disk_usage(folder).free
+    if free < min_free:
+        raise OutputFolderError(f"output folder {folder}: {free / 2**20:.0f} MiB free on its disk, at least "
+                                f"{min_free / 2**20:.0f} MiB needed for checkpoints, caches and results; free some, or "
+                                "choose another (output_dir=DIR, --output-dir DIR)")
+
+
 class RunRecordError(ValueError):
     """A run directory's ``run.json`` cannot be read (truncated, edited by hand)."""
 

@@ -41,7 +41,7 @@ from rkd.config import ExperimentConfig, config_from_dict
 from rkd.config.methods import plugin_sources
 from rkd.experiment import RunPlace, run_experiment
 from rkd.experiment.chain_data import require_chain_data
-from rkd.experiment.run_dir import run_status
+from rkd.experiment.run_dir import require_writable, run_status
 from rkd.experiment.stage_graph import TablePlan, plan_table
 from rkd.orchestration.stages import NODE_TAG, enter_task, granted, stage_options, submit_stages
 from rkd.orchestration.train import absolute_paths, fit
@@ -121,9 +121,10 @@ def submit(plan: TablePlan, run_dirs: dict[str, Path], parent_run_id: str | None
 
 
 def check_before_work(cfgs) -> None:
-    """Every config's chain data and tracking store, before any task starts; each store is
+    """Every config's output folder, chain data and tracking store, before any task starts; each store is
     created here, once (concurrent writers of a new sqlite store race to create its tables)."""
     for cfg in cfgs:
+        require_writable(cfg.output_dir)
         require_chain_data(cfg, cfg.output_dir)
         check_tracking(cfg.tracking)
         prepare_store(cfg.tracking)

@@ -40,6 +40,7 @@ from rkd.config.tune_space import Distribution, LoadedSpace, load_space
 from rkd.engine.device import device_for_grant
 from rkd.evaluation.metric_names import PREFIX
 from rkd.experiment import RunPlace, ensure_named_models, run_experiment
+from rkd.experiment.run_dir import require_writable
 from rkd.methods import get_method
 from rkd.orchestration.stages import build_shared_data, train_stages
 from rkd.orchestration.train import (
@@ -259,6 +260,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
     # driver then loses at most a second of bookkeeping, and resume skips every finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     check_tracking(base.tracking)
+    require_writable(base.output_dir)
     parent_id = state.get("parent_run_id") or create_run(
         base.tracking, sweep, tags={"rkd.kind": "sweep", "rkd.space": space_path, "rkd.metric": space.spec.metric})
     # teachers, MAE stages, sources: once, before the trials, on the workers (rkd.orchestration.stages)
