@@ -134,6 +134,21 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_sync(args) -> int:
+    from rkd.experiment.run_dir import read_run_json, write_run_json
+    from rkd.tracking.backlog import sync_backlog
+
+    out = sync_backlog(args.run_dir, args.tracking_uri)
+    sent = ", ".join(f"{n} {k}" for k, n in sorted(out["sent"].items())) or "nothing"
+    print(f"synced into {out['uri']}, run {out['run_id']}: {sent}"
+          + (f"; not replayed: {', '.join(f'{n} {k}' for k, n in out['skipped'].items())}" if out["skipped"] else "")
+          + f"; the backlog is kept as {out['kept_as']}")
+    gap = read_run_json(args.run_dir).get("tracking_gap")
+    if gap is not None:
+        write_run_json(args.run_dir, tracking_gap={**gap, "synced": out["kept_as"]})
+    return 0
+
+
 def _cmd_export(args) -> int:
     from rkd.evaluation.export import ExportError, robustbench_entry
 
@@ -278,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--name", default=None, help="entry name (default: the run's config name)")
     x.add_argument("-o", "--output", metavar="OUT.json", default=None, help="write here instead of stdout")
     x.set_defaults(func=_cmd_export)
+
+    y = sub.add_parser("sync", help="send a run's tracking backlog to MLflow once the store is back",
+                       description="A run whose tracking store failed went on untracked and kept what MLflow "
+                                   "missed in RUN_DIR/tracking_backlog.jsonl; this replays it into the same MLflow "
+                                   "run (params, per-step metrics, tags, artifacts, the end status) and keeps the "
+                                   "backlog as tracking_backlog.synced-<time>.jsonl.")
+    y.add_argument("run_dir", metavar="RUN_DIR", help="the run directory holding tracking_backlog.jsonl")
+    y.add_argument("--tracking-uri", default=None,
+                   help="the store (default: the one in RUN_DIR/run.json, else $MLFLOW_TRACKING_URI)")
+    y.set_defaults(func=_cmd_sync)
 
     q = sub.add_parser("quickstart", help="the main job: every method on offline digits, one table",
                        description="Train and evaluate each quickstart method on the offline digits data "

@@ -139,3 +139,18 @@ def test_a_tracking_store_that_fails_mid_run_does_not_end_the_run(tmp_path, tiny
     lines = [json.loads(x) for x in (tmp_path / "run" / "tracking_backlog.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["request"] == "metrics" and "train_loss" in x["metrics"]] == [1, 2, 3]
     assert lines[-1]["request"] == "end" and lines[-1]["status"] == "FINISHED"
+
+    # the store is back: `rkd sync` sends what it missed into the same run, and keeps the backlog
+    monkeypatch.undo()
+    from rkd.cli import main
+
+    assert main(["sync", str(tmp_path / "run")]) == 0
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    run = client.get_run(record["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and "acc.clean" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"results.json", "results.md"}
+    assert not (tmp_path / "run" / "tracking_backlog.jsonl").exists()
+    assert "synced" in json.loads((tmp_path / "run" / "run.json").read_text())["tracking_gap"]
+    assert main(["sync", str(tmp_path / "run")]) == 1  # nothing left to send: one line, exit 1
