@@ -16,7 +16,12 @@ if str(ROOT) not in sys.path:  # `python jobs/x.py` from a checkout without `pip
 
 
 def run(main) -> None:
+    import os
+
+    from rkd import SOURCE_ENV
     from rkd.config import ConfigError
+
+    os.environ.setdefault(SOURCE_ENV, f"jobs/{Path(sys.argv[0]).name}")  # the runs' mlflow.source.name
 
     try:
         sys.exit(main())

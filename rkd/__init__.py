@@ -13,3 +13,7 @@ Layers (imports point downwards only; see README "Layout"):
 """
 
 __version__ = "0.1.0"
+
+#: the environment variable naming what started a job (``rkd quickstart``, ``jobs/reproduce.py``):
+#: the MLflow runs' ``mlflow.source.name``, passed on to Ray workers (rkd.tracking.source_tags)
+SOURCE_ENV = "RKD_SOURCE"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 
-from rkd import __version__
+from rkd import SOURCE_ENV, __version__
 from rkd.config import ConfigError, list_presets, load_config
 from rkd.config.schema import ExperimentConfig
 from rkd.interrupt import Terminated, sigterm_as_interrupt
@@ -379,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault(SOURCE_ENV, f"rkd {args.command}")  # the runs' mlflow.source.name, workers' too
     sigterm_as_interrupt()  # kill/timeout/Slurm/Kubernetes stop a run as Ctrl-C does
     try:
         return args.func(args)

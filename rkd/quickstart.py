@@ -31,6 +31,16 @@ from rkd.experiment import unique_dir
 from rkd.experiment.progress import Progress
 from rkd.experiment.run_dir import require_writable
 from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
+from rkd.tracking.mlflow_tracker import NOTE_TAG
+
+#: the description of the quickstart's MLflow experiment
+EXPERIMENT_NOTE = (
+    "**rkd quickstart**: every seed method of rkd (standard training, PGD-AT, TRADES, Shafahi et al., Robust-KD, "
+    "MACD, defensive distillation, with their teachers) trained and evaluated on the offline digits data. "
+    "Each job is one parent run named `quickstart` whose description is its comparison table; its nested runs "
+    "are the rows (tag `rkd.role`: method, teacher, source, mae stage; tag `rkd.label`: the row's name in "
+    "the table). Accuracies are fractions in [0, 1] (`acc.clean`, `acc.robust` = the per-example worst case "
+    "at Linf 8/255); tables show them in %.")
 
 #: (table label, preset) in table order; presets whose name contains "teacher" are teachers
 #: (trained once through the teacher cache, exactly as the students that name them see them)
@@ -223,9 +233,12 @@ def run_graph(configs: list, qdir: Path, parent_run_id: str | None, tracking: Tr
     events = GraphProgress(progress, {_key(p): label for label, p, _ in configs}, teacher_keys)
     progress.note(f"{len(plan.stages)} trained models and {len(plan.rows)} runs as one graph on Ray, "
                   f"{parallel} at a time")
+    labels = {_key(p): label for label, p, _ in configs}
+    tags = {k: {"rkd.label": labels[k]} for k in plan.rows}
+    tags.update({key: {"rkd.label": labels[_key(p)]} for key, p in teacher_keys.items()})
     try:
         run_plan(plan, {k: qdir / r.cfg.name for k, r in plan.rows.items()}, parent_run_id=parent_run_id,
-                 on_stage=events.on_stage, on_row=events.on_row)
+                 tags=tags, on_stage=events.on_stage, on_row=events.on_row)
     finally:  # every task has ended: a nested run still RUNNING lost its process (Ctrl-C, a crash)
         if parent_run_id is not None:
             end_tagged_runs(tracking, PARENT_TAG, parent_run_id, "KILLED",
@@ -257,7 +270,11 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     require_writable(output_dir)
     qdir = unique_dir(output_dir, "quickstart")
     rows, runs = [], []
-    with MlflowRun(tracking, run_name="quickstart", tags={"rkd.kind": "quickstart"}) as parent:
+    parent_tags = {"rkd.kind": "quickstart", "rkd.role": "quickstart", "rkd.label": "rkd quickstart: every seed "
+                   "method on the offline digits data", NOTE_TAG: "The comparison table appears here when the job "
+                   "has finished; a job that failed or was stopped has none (its status says which)."}
+    with MlflowRun(tracking, run_name="quickstart", tags=parent_tags) as parent:
+        parent.describe_experiment(EXPERIMENT_NOTE)
         progress = Progress(len(configs), out=out)
         teachers = run_graph(configs, qdir, parent.run_id, tracking, output_dir, parallel, progress)
         for label, preset, cfg in configs:
@@ -304,12 +321,15 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         (qdir / "summary.json").write_text(json.dumps({"runs": runs}, indent=1))
         parent.log_artifact(qdir / "summary.md")
         parent.log_artifact(qdir / "summary.json")
+        parent.describe(summary_md)
+        link = parent.ui_link()
 
     print("\n" + summary_md, file=out)
     if tracking.enabled:
         uri = resolve_tracking_uri(tracking.tracking_uri)
         print(f"Runs are in MLflow ({uri}), experiment '{tracking.experiment}'. Browse them with:\n"
               f"    mlflow ui --backend-store-uri {uri}\n"
-              f"and open http://127.0.0.1:5000", file=out)
+              f"and open {link or 'http://127.0.0.1:5000'} (this job's parent run, its table as the "
+              "description; the runs of the experiment are listed beside it)", file=out)
     print(f"Run directories: {qdir} (teachers: {Path(output_dir) / 'teachers'})", file=out)
     return {"dir": str(qdir), "table": table, "runs": runs}

@@ -133,9 +133,23 @@ def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracki
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
     assert parent.info.run_name == "quickstart" and parent.info.status == "FINISHED"
-    every = client.search_runs([client.get_experiment_by_name("rkd-quickstart").experiment_id])
+    exp = client.get_experiment_by_name("rkd-quickstart")
+    every = client.search_runs([exp.experiment_id])
     names = [r.info.run_name for r in every]
-    assert names.count("digits-teacher-plus-at-l2") == 1  # trained once, by the driver, not again in a trial
+    assert names.count("digits-teacher-plus-at-l2") == 1  # trained once, not again for the student
+    # what a researcher sees in MLflow: the table as the parent's description, the experiment
+    # described, every run with a role, a readable label and where it came from
+    assert "| standard training |" in parent.data.tags["mlflow.note.content"]
+    assert "rkd quickstart" in exp.tags["mlflow.note.content"]
+    assert f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}" in proc.stdout
+    roles = {r.info.run_name: r.data.tags.get("rkd.role") for r in every}
+    assert roles["quickstart"] == "quickstart" and roles["digits-adversarial"] == "method"
+    assert roles["digits-teacher-plus-at-l2"] == "teacher" and roles["digits-dd-teacher-t20"] == "teacher"
+    labels = {r.info.run_name: r.data.tags.get("rkd.label") for r in every}
+    assert labels["digits-robust-kd"] == "Robust-KD (digits+ -> digits-)"
+    assert labels["digits-teacher-plus-at-l2"] == "robust teacher: AT L2 0.5 on digits+"
+    for r in every:
+        assert r.data.tags["mlflow.source.name"] == "rkd quickstart" and r.data.tags["mlflow.user"], r.info.run_name
 
 
 def test_model_knob_the_arch_does_not_take_is_rejected(tmp_path, tiny_overrides):
@@ -157,7 +171,8 @@ def test_cache_build_reuses_lists_and_detects_corruption(tmp_path, tiny_override
     build = ["cache", "build", str(run_dir), "--steps", "3", "--limit", "16", "--root", str(root)]
     first, second = rkd(*build, cwd=tmp_path), rkd(*build, cwd=tmp_path)
     key = first.stdout.split()[1].rstrip(":")
-    assert second.stdout.split()[1].rstrip(":") == key and [p.name for p in root.iterdir()] == [key]
+    entries = [p.name for p in root.iterdir() if not p.name.startswith(".")]  # .locks: the builders' locks
+    assert second.stdout.split()[1].rstrip(":") == key and entries == [key]
     listing = rkd("cache", "ls", "--root", str(root), cwd=tmp_path).stdout
     assert key[:16] in listing and "ok" in listing and "eps=8/255" in listing and "n=16" in listing
     assert rkd("cache", "verify", "--root", str(root), cwd=tmp_path).returncode == 0

@@ -95,6 +95,34 @@ def test_end_run_keeps_the_status_of_a_run_already_ended(tracking_uri):
     assert client.get_run(worker_side).info.status == "KILLED"
 
 
+def test_runs_carry_their_source_and_a_description_cut_to_mlflows_tag_length(tracking_uri, monkeypatch):
+    from rkd.orchestration.tune import sweep_note
+    from rkd.tracking.mlflow_tracker import note_text
+
+    monkeypatch.setenv("RKD_SOURCE", "rkd train")
+    cfg = load_config(None, [f"tracking.tracking_uri={tracking_uri}"])
+    with MlflowRun(cfg.tracking, run_name="described") as r:
+        r.describe("x" * 20000)
+        r.describe_experiment("what this experiment holds")
+        link = r.ui_link()
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(r.run_id)
+    assert run.data.tags["mlflow.source.name"] == "rkd train" and run.data.tags["mlflow.user"]
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # the suite runs in a git checkout
+    note = run.data.tags["mlflow.note.content"]
+    assert len(note) <= 7900 and note.endswith("all of it: summary.md)")
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    assert exp.tags["mlflow.note.content"] == "what this experiment holds"
+    assert link.endswith(f"#/experiments/{exp.experiment_id}/runs/{r.run_id}")
+    assert note_text("short", "x.md") == "short"
+    trials = [{"trial_id": "a", "config": {"lr": 0.1}, "metrics": {"objective": 0.5, "finished": 1}, "error": None},
+              {"trial_id": "b", "config": {"lr": 1.0}, "metrics": {}, "error": "boom"},
+              {"trial_id": "c", "config": {"lr": 0.01}, "metrics": {"objective": 0.7, "finished": 1}, "error": None}]
+    note = sweep_note({"sweep": "s", "metric": "clean", "mode": "max", "trials": trials})
+    rows = [line.split(" | ")[0] for line in note.splitlines() if line.startswith("| ") and "trial" not in line]
+    assert rows == ["| c", "| a", "| b"] and "| failed |" in note  # best first, the failed one last
+
+
 def test_log_results_logs_jsma_and_input_gradient_metrics(tracking_uri):
     cfg = load_config(None, [f"tracking.tracking_uri={tracking_uri}"])
     results = {"clean_accuracy": 0.9, "eval_wall_time_s": 1.0, "train_wall_time_s": None,

@@ -60,6 +60,7 @@ from rkd.experiment.run_dir import read_run_json, require_writable, unique_dir, 
 from rkd.interrupt import STOPPED
 from rkd.methods import build_method, get_method
 from rkd.tracking import MlflowRun, check_tracking, resolve_tracking_uri
+from rkd.tracking.source_tags import model_role, run_label
 
 
 @dataclass
@@ -126,22 +127,27 @@ class Prepared:
 
 # ------------------------------------------------------------------------------ trained models
 def ensure_teacher(spec: TeacherConfig, *, parent_run_id: str | None = None, tracking: TrackingConfig | None = None,
-                   output_dir: str = DEFAULT_OUTPUT_DIR, tags: dict | None = None) -> TeacherRun:
+                   output_dir: str = DEFAULT_OUTPUT_DIR, tags: dict | None = None,
+                   requested_as: str | None = None) -> TeacherRun:
     """Make sure a trained model exists as a finished run (trained once, cached; see
     :mod:`rkd.experiment.model_cache`), training it through this pipeline if needed; ``tags``
-    go to its run when it trains (e.g. the node it ran on)."""
+    go to its run when it trains (e.g. the node it ran on); ``requested_as``: the role the
+    requesting run gives it (``teacher``, ``source``), for its ``rkd.role``."""
     def train(cfg, run_dir, resume, key):
+        role = model_role(requested_as, cfg.model.arch)
         run_experiment(cfg, RunPlace(run_dir=run_dir, resume=resume, parent_run_id=parent_run_id,
-                                     tags={"rkd.role": "teacher", "rkd.teacher_key": key, **(tags or {})}))
+                                     tags={"rkd.role": role, "rkd.label": f"{cfg.name} ({role}, cached)",
+                                           "rkd.teacher_key": key, **(tags or {})}))
 
     return ensure_cached(spec, train, output_dir=output_dir, tracking=tracking)
 
 
 def load_teacher(spec: TeacherConfig, device="cpu", *, parent_run_id: str | None = None,
-                 tracking: TrackingConfig | None = None,
-                 output_dir: str = DEFAULT_OUTPUT_DIR) -> tuple[nn.Module, TeacherRun]:
+                 tracking: TrackingConfig | None = None, output_dir: str = DEFAULT_OUTPUT_DIR,
+                 requested_as: str | None = None) -> tuple[nn.Module, TeacherRun]:
     """The network of a trained model (eval mode, on ``device``) and where it came from."""
-    run = ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking, output_dir=output_dir)
+    run = ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking, output_dir=output_dir,
+                         requested_as=requested_as)
     model = build_model(run.cfg)
     model.load_state_dict(run.state if run.state is not None else verified_torch_load(run.run_dir / "model.pt"))
     return model.to(device).eval(), run
@@ -155,6 +161,13 @@ def ensure_named_models(cfg: ExperimentConfig, *, parent_run_id: str | None = No
         ensure_teacher(spec, parent_run_id=parent_run_id, tracking=tracking or cfg.tracking, output_dir=cfg.output_dir)
 
 
+def requested_role(key: str) -> str:
+    """``method.teacher`` -> ``teacher``, ``method.teacher.1`` -> ``teacher``,
+    ``eval.transfer.source`` -> ``source``: what a run calls a model it loads."""
+    parts = [p for p in key.split(".") if not p.isdigit()]
+    return parts[-1]
+
+
 def by_role(models: dict[str, LoadedModel]) -> dict[str, nn.Module]:
     """The method's own loaded networks (``method.<role>`` keys) by role, as its builder takes them."""
     return {k.removeprefix("method."): m.module for k, m in models.items() if k.startswith("method.")}
@@ -165,7 +178,7 @@ def load_trained_models(cfg: ExperimentConfig, device, parent_run_id: str | None
     out = {}
     for key, spec in cfg.trained_models().items():
         module, run = load_teacher(spec, device, parent_run_id=parent_run_id, tracking=cfg.tracking,
-                                   output_dir=cfg.output_dir)
+                                   output_dir=cfg.output_dir, requested_as=requested_role(key))
         out[key] = LoadedModel(module, run)
     return out
 
@@ -351,8 +364,9 @@ def split_tags(splits: dict) -> dict:
 def open_tracker(p: Prepared) -> MlflowRun:
     cfg, place = p.cfg, p.place
     previous = read_run_json(p.run_dir) if place.resume is True else {}
-    tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
-            "rkd.run_dir": str(p.run_dir.resolve()), **place.tags}
+    tags = {"rkd.role": "method", "rkd.label": run_label(cfg), "rkd.method": cfg.method.name,
+            "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch, "rkd.run_dir": str(p.run_dir.resolve()),
+            **place.tags}
     for role, info in p.roles().items():
         tags[f"rkd.{role}_run_dir"] = str(Path(info["run_dir"]).resolve())
     return MlflowRun(cfg.tracking, run_name=cfg.name, tags=tags, parent_run_id=place.parent_run_id,

@@ -76,7 +76,8 @@ def _evaluate_claimed(run_dir: Path, overrides: list[str], eval_config: str | No
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     trained = previous.get("mlflow_run_id")
     tags = {"rkd.method": cfg.method.name, "rkd.dataset": cfg.data.dataset, "rkd.arch": cfg.model.arch,
-            "rkd.run_dir": str(run_dir.resolve()), "rkd.evaluates": trained or "none", SPLIT_TAG: split}
+            "rkd.run_dir": str(run_dir.resolve()), "rkd.evaluates": trained or "none", SPLIT_TAG: split,
+            "rkd.role": "evaluation", "rkd.label": f"{cfg.name}: evaluated again on its {split} split"}
     name = f"{cfg.name} (re-evaluation)" if split == "test" else f"{cfg.name} ({split})"
     with MlflowRun(tracking, run_name=name, tags=tags, parent_run_id=trained) as tracker:
         body = evaluate(model, images, cfg.resolved_eval(), device=device, batch_size=cfg.data.eval_batch_size,

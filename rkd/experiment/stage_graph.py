@@ -11,6 +11,7 @@ stages: there is nothing to train. Planning reads configs only, no weights.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -18,6 +19,7 @@ from typing import Iterable
 from rkd.config import ExperimentConfig
 from rkd.config.schema import ScalingConfig, TeacherConfig
 from rkd.experiment.model_cache import cached_teacher_dir, teacher_config
+from rkd.experiment.pipeline import requested_role
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Stage:
     spec: TeacherConfig
     cfg: ExperimentConfig
     needs: tuple[str, ...]
+    requested_as: str | None = None  # what the first row that loads it calls it (teacher, source)
 
 
 @dataclass(frozen=True)
@@ -62,22 +65,25 @@ def stage_config(spec: TeacherConfig, requester: ExperimentConfig) -> Experiment
     return member.model_copy(update=update)
 
 
-def add_stage(plan: TablePlan, spec: TeacherConfig, requester: ExperimentConfig) -> str:
+def add_stage(plan: TablePlan, spec: TeacherConfig, requester: ExperimentConfig,
+              requested_as: str | None = None) -> str:
     """The key of ``spec``'s stage in ``plan``, added (after its own inputs) if it is new."""
     member = stage_config(spec, requester)
     key = str(cached_teacher_dir(spec, member, requester.output_dir))
     if key not in plan.stages:
         needs = _add_needs(member, plan)  # its own inputs first
-        plan.stages[key] = Stage(key, spec, member, needs)
+        plan.stages[key] = Stage(key, spec, member, needs, requested_as)
+    elif plan.stages[key].requested_as is None and requested_as is not None:
+        plan.stages[key] = dataclasses.replace(plan.stages[key], requested_as=requested_as)
     return key
 
 
 def _add_needs(cfg: ExperimentConfig, plan: TablePlan) -> tuple[str, ...]:
     keys = []
-    for spec in cfg.trained_models().values():
+    for path, spec in cfg.trained_models().items():
         if spec.config is None:
             continue  # a finished run directory
-        key = add_stage(plan, spec, cfg)
+        key = add_stage(plan, spec, cfg, requested_role(path))
         if key not in keys:
             keys.append(key)
     return tuple(keys)

@@ -26,7 +26,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, tracking
         return
     if not sys.stdout.isatty():  # a log file or a pipe: worker lines without ANSI colour codes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    from rkd import SOURCE_ENV
+
     env = {"MLFLOW_TRACKING_URI": absolute_tracking_uri(tracking_uri),
+           **({SOURCE_ENV: os.environ[SOURCE_ENV]} if SOURCE_ENV in os.environ else {}),
            "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
            "RAY_TRAIN_V2_ENABLED": "1"}
     address = address or os.environ.get("RAY_ADDRESS")

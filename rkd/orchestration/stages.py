@@ -52,7 +52,8 @@ def enter_task(cwd: str, plugins: list[str]) -> str:
 
 
 @ray.remote(max_retries=0)
-def _stage_task(key: str, payload: dict, cwd: str, plugins: list[str], parent_run_id: str | None, *needs) -> dict:
+def _stage_task(key: str, payload: dict, cwd: str, plugins: list[str], parent_run_id: str | None, tags: dict,
+                *needs) -> dict:
     """Train (or find) one cached model. ``needs``: the results of the stages it loads."""
     from rkd.config.schema import TeacherConfig
 
@@ -62,18 +63,21 @@ def _stage_task(key: str, payload: dict, cwd: str, plugins: list[str], parent_ru
     spec = spec.model_copy(update={"overrides": [*spec.overrides, f"device={granted(cfg.device)}"]})
     t0 = time.monotonic()
     run = ensure_teacher(spec, parent_run_id=parent_run_id, tracking=cfg.tracking, output_dir=cfg.output_dir,
-                         tags={NODE_TAG: node})
+                         tags={NODE_TAG: node, **tags}, requested_as=payload["requested_as"])
     return {"key": key, "node_id": node, "trained_now": run.trained_now, "seconds": time.monotonic() - t0}
 
 
-def submit_stages(plan: TablePlan, parent_run_id: str | None = None) -> dict[str, ray.ObjectRef]:
-    """Every stage of ``plan`` as a Ray task, each depending on the stages it loads."""
+def submit_stages(plan: TablePlan, parent_run_id: str | None = None,
+                  tags: dict[str, dict] | None = None) -> dict[str, ray.ObjectRef]:
+    """Every stage of ``plan`` as a Ray task, each depending on the stages it loads; ``tags``:
+    extra tags for the run of a stage, by key (e.g. a table's label of it)."""
     cwd, plugins = os.getcwd(), plugin_sources()
     refs: dict[str, ray.ObjectRef] = {}
     for key, st in plan.stages.items():  # in dependency order: needs were added first
-        payload = {"cfg": st.cfg.model_dump(mode="json"), "spec": st.spec.model_dump(mode="json")}
+        payload = {"cfg": st.cfg.model_dump(mode="json"), "spec": st.spec.model_dump(mode="json"),
+                   "requested_as": st.requested_as}
         refs[key] = _stage_task.options(name=f"stage {stage_label(key)}", **stage_options(st.cfg)).remote(
-            key, payload, cwd, plugins, parent_run_id, *[refs[k] for k in st.needs])
+            key, payload, cwd, plugins, parent_run_id, (tags or {}).get(key, {}), *[refs[k] for k in st.needs])
     return refs
 
 

@@ -46,6 +46,7 @@ from rkd.experiment.stage_graph import TablePlan, plan_table
 from rkd.orchestration.stages import NODE_TAG, enter_task, granted, stage_options, submit_stages
 from rkd.orchestration.train import absolute_paths, fit
 from rkd.tracking import check_tracking, create_run, end_run, prepare_store
+from rkd.tracking.source_tags import run_label
 
 
 def task_options(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -71,13 +72,13 @@ def run_row(cfg: ExperimentConfig, run_dir: Path, tags: dict, parent_run_id: str
 
 @ray.remote(max_retries=0)
 def _row_task(name: str, payload: dict, run_dir: str, cwd: str, plugins: list[str], parent_run_id: str | None,
-              *needs) -> dict:
+              tags: dict, *needs) -> dict:
     node = enter_task(cwd, plugins)
     started = time.time()
     cfg = config_from_dict(payload)
     if cfg.scaling.num_workers == 0:
         cfg = cfg.model_copy(update={"device": granted(cfg.device)})
-    how = run_row(cfg, Path(run_dir), {NODE_TAG: node, "rkd.row": name}, parent_run_id)
+    how = run_row(cfg, Path(run_dir), {NODE_TAG: node, "rkd.row": name, **tags}, parent_run_id)
     return {"row": name, "node_id": node, "how": how, "started": started, "ended": time.time()}
 
 
@@ -100,7 +101,8 @@ def _record_unstarted(cfg: ExperimentConfig, name: str, run_dir: Path, error: st
     """A row that never started (its stage failed) still gets a FAILED MLflow run saying why."""
     if run_status(run_dir) is not None:
         return  # it started: the run recorded its own end
-    run_id = create_run(cfg.tracking, cfg.name, tags={"rkd.row": name, "rkd.run_dir": str(run_dir)})
+    tags = {"rkd.row": name, "rkd.run_dir": str(run_dir), "rkd.role": "method", "rkd.label": run_label(cfg)}
+    run_id = create_run(cfg.tracking, cfg.name, tags=tags)
     end_run(cfg.tracking, run_id, "FAILED", error)
 
 
@@ -109,13 +111,16 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {' '.join(str(cause).split())}"[:2000]
 
 
-def submit(plan: TablePlan, run_dirs: dict[str, Path], parent_run_id: str | None = None) -> tuple[dict, dict]:
-    """Every stage and row of ``plan`` as Ray tasks; ``(stage refs by key, row refs by name)``."""
-    stages = submit_stages(plan, parent_run_id)
+def submit(plan: TablePlan, run_dirs: dict[str, Path], parent_run_id: str | None = None,
+           tags: dict[str, dict] | None = None) -> tuple[dict, dict]:
+    """Every stage and row of ``plan`` as Ray tasks; ``(stage refs by key, row refs by name)``.
+    ``tags``: extra MLflow tags of a row's or a stage's run, by row name or stage key."""
+    tags = tags or {}
+    stages = submit_stages(plan, parent_run_id, tags)
     cwd, plugins = os.getcwd(), plugin_sources()
     rows = {name: _row_task.options(name=f"row {name}", **task_options(row.cfg)).remote(
                 name, row.cfg.model_dump(mode="json"), str(run_dirs[name]), cwd, plugins, parent_run_id,
-                *[stages[k] for k in row.needs])
+                tags.get(name, {}), *[stages[k] for k in row.needs])
             for name, row in plan.rows.items()}
     return stages, rows
 
@@ -142,12 +147,13 @@ def run_table(rows: dict[str, tuple[ExperimentConfig, Path]], *, parent_run_id: 
 
 
 def run_plan(plan: TablePlan, run_dirs: dict[str, Path], *, parent_run_id: str | None = None,
+             tags: dict[str, dict] | None = None,
              on_stage: Callable[[str, dict | None, str | None], None] | None = None,
              on_row: Callable[[RowOutcome], None] | None = None) -> dict[str, RowOutcome]:
     """Submit ``plan`` and follow every stage and row to its end: ``on_stage(key, record,
     error)`` and ``on_row(outcome)`` as each ends. Ctrl-C (KeyboardInterrupt) cancels every task
     still running -- each run inside ends KILLED -- and is raised again."""
-    stages, rows = submit(plan, run_dirs, parent_run_id)
+    stages, rows = submit(plan, run_dirs, parent_run_id, tags)
     refs = {**{("stage", k): r for k, r in stages.items()}, **{("row", n): r for n, r in rows.items()}}
     out: dict[str, RowOutcome] = {}
     try:

@@ -57,6 +57,7 @@ from rkd.orchestration.train import (
 )
 from rkd.orchestration.worker_groups import OrphanedWorkerGroups
 from rkd.tracking import check_tracking, create_run, end_run, end_tagged_runs, finish_run
+from rkd.tracking.mlflow_tracker import NOTE_TAG, note_text
 
 STATE_FILE = "rkd_sweep.json"
 #: a trial that launches a TorchTrainer only coordinates it (Tune refuses a zero request)
@@ -146,7 +147,8 @@ def _trial(config: dict[str, Any], *, space_path: str, sweep: str, parent_run_id
     cfg = cfg.model_copy(update={"device": granted_device(cfg.device)})
     run_dir = Path(cfg.output_dir) / sweep / trial_id
     tags = {"rkd.sweep": sweep, "rkd.trial_id": trial_id, "rkd.method": cfg.method.name,
-            "rkd.sample": json.dumps(sample)}
+            "rkd.sample": json.dumps(sample), "rkd.role": "sweep trial",
+            "rkd.label": f"{sweep} trial {trial_id}: " + ", ".join(f"{k}={v}" for k, v in sample.items())}
     ref, ref_key = shared
     ident = shared_data_identity(cfg)
     adv = ref if ref is not None and ident == ref_key else None
@@ -262,7 +264,8 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
     check_tracking(base.tracking)
     require_writable(base.output_dir)
     parent_id = state.get("parent_run_id") or create_run(
-        base.tracking, sweep, tags={"rkd.kind": "sweep", "rkd.space": space_path, "rkd.metric": space.spec.metric})
+        base.tracking, sweep, tags={"rkd.kind": "sweep", "rkd.space": space_path, "rkd.metric": space.spec.metric,
+                                    "rkd.role": "sweep", "rkd.label": f"sweep of {space_path} ({space.spec.metric})"})
     # teachers, MAE stages, sources: once, before the trials, on the workers (rkd.orchestration.stages)
     train_stages([absolute_paths(base)], parent_run_id=parent_id)
     shared = shared_training_data(base)
@@ -310,7 +313,26 @@ def _finish_parent(base: ExperimentConfig, parent_id: str | None, summary: dict,
     (where / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     best = summary["best"]
     errors = any(t["error"] for t in summary["trials"])
+    tags = {NOTE_TAG: sweep_note(summary), **({"rkd.best_sample": json.dumps(best["config"])} if best else {})}
     finish_run(base.tracking, parent_id, "FAILED" if errors and not best else "FINISHED",
-               metrics={"best_objective": best["metrics"]["objective"]} if best else None,
-               tags={"rkd.best_sample": json.dumps(best["config"])} if best else None,
+               metrics={"best_objective": best["metrics"]["objective"]} if best else None, tags=tags,
                artifacts=[where / "summary.json"])
+
+
+def sweep_note(summary: dict) -> str:
+    """The sweep parent run's description: each trial's sample and validation objective, best first."""
+    sign = -1 if summary["mode"] == "max" else 1
+
+    def rank(t):
+        obj = t["metrics"].get("objective")
+        return (obj is None, 0 if obj is None else sign * obj)
+
+    trials = sorted(summary["trials"], key=rank)
+    lines = [f"**Sweep {summary['sweep']}**: {summary['metric']} on each trial's validation split "
+             f"({summary['mode']}), best first.", "", "| trial | sample | objective | status |", "|---|---|---|---|"]
+    for t in trials:
+        sample = ", ".join(f"{k}={v}" for k, v in (t["config"] or {}).items())
+        obj = t["metrics"].get("objective")
+        status = "failed" if t["error"] else ("finished" if t["metrics"].get(DONE_KEY) == 1 else "stopped")
+        lines.append(f"| {t['trial_id']} | {sample} | {'' if obj is None else f'{obj:.4f}'} | {status} |")
+    return note_text("\n".join(lines), "summary.json")

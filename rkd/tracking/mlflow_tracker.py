@@ -22,9 +22,12 @@ from rkd.config.loader import dump_config, flatten
 from rkd.engine.callbacks import Callback
 from rkd.evaluation.metric_names import accuracy_metrics, worst_case_label
 from rkd.interrupt import STOPPED
+from rkd.tracking.source_tags import source_tags
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
+#: a run's (or an experiment's) description in the MLflow UI
+NOTE_TAG = "mlflow.note.content"
 #: a tracking server that stops answering costs a request at most about a minute (MLflow's
 #: defaults, 7 retries with backoff 2 and 120 s timeouts, stall a run for minutes); set the
 #: variables to override
@@ -65,6 +68,13 @@ def prepare_store(tracking) -> None:
         get_or_create_experiment(_client(resolve_tracking_uri(tracking.tracking_uri)), tracking.experiment)
 
 
+def note_text(markdown: str, whole: str, limit: int = 7900) -> str:
+    """``markdown`` as a run note: cut to fit MLflow's tag length, saying where the rest is."""
+    if len(markdown) <= limit:
+        return markdown
+    return markdown[:limit - 120].rsplit("\n", 1)[0] + f"\n\n... (cut to MLflow's tag length; all of it: {whole})"
+
+
 class MlflowRun:
     """One MLflow run, used as a context manager.
 
@@ -95,7 +105,7 @@ class MlflowRun:
         self.client = _client(self.uri)
         if self.run_id is None:
             exp_id = get_or_create_experiment(self.client, self.experiment)
-            tags = {k: str(v) for k, v in self.tags.items()}
+            tags = {**source_tags(), **{k: str(v) for k, v in self.tags.items()}}
             if self.parent_run_id:
                 tags[PARENT_TAG] = self.parent_run_id
             self.run_id = self.client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
@@ -192,6 +202,26 @@ class MlflowRun:
         for f in files:
             self._call("artifact", self.client.log_artifact, self.run_id, str(f), record={"artifact": str(f)})
 
+    def describe(self, markdown: str, whole: str = "summary.md") -> None:
+        """The run's description in the MLflow UI (its note); ``whole``: the artifact that holds
+        all of it, named when it is cut to MLflow's tag length."""
+        self.set_tags({NOTE_TAG: note_text(markdown, whole)})
+
+    def describe_experiment(self, markdown: str) -> None:
+        """The experiment's description in the MLflow UI, unless it has one already."""
+        if not self.enabled:
+            return
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None and NOTE_TAG not in exp.tags:
+            self._call("experiment note", self.client.set_experiment_tag, exp.experiment_id, NOTE_TAG, markdown)
+
+    def ui_link(self, host: str = "http://127.0.0.1:5000") -> str | None:
+        """The UI address of this run, on ``mlflow ui``'s default host."""
+        if not self.enabled or self.run_id is None:
+            return None
+        exp = self.client.get_experiment_by_name(self.experiment)
+        return f"{host}/#/experiments/{exp.experiment_id}/runs/{self.run_id}" if exp is not None else None
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             self._call("artifact", self.client.log_artifact, self.run_id, str(path), artifact_path,
@@ -258,7 +288,7 @@ def create_run(tracking, run_name: str, *, tags: dict | None = None, parent_run_
         found = client.search_runs([exp_id], filter_string=query, max_results=1)
         if found:
             return found[0].info.run_id
-    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    all_tags = {**source_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
     if find_tag is not None:
         all_tags[find_tag[0]] = find_tag[1]
     if parent_run_id:
