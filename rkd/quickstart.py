@@ -220,15 +220,12 @@ def run_graph(configs: list, qdir: Path, parent_run_id: str | None, tracking: Tr
     ``$RAY_ADDRESS``; :mod:`rkd.orchestration.table`), each task with ``CPUs / parallel`` CPUs:
     one at a time by default, so train times compare. Returns the teacher rows' ``{preset:
     (run directory, trained now)}``; raises if a row failed, KeyboardInterrupt if stopped."""
-    import ray
-
     from rkd.orchestration import connect
-    from rkd.orchestration.table import check_before_work, run_plan
+    from rkd.orchestration.table import check_before_work, cpus_per_task, run_plan
     from rkd.tracking import PARENT_TAG, end_tagged_runs
 
     connect(num_cpus=os.cpu_count(), tracking_uri=tracking.tracking_uri)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // parallel)
-    plan, teacher_keys = plan_quickstart(configs, cpus, output_dir, tracking)
+    plan, teacher_keys = plan_quickstart(configs, cpus_per_task(parallel), output_dir, tracking)
     check_before_work([r.cfg for r in plan.rows.values()] + [st.cfg for st in plan.stages.values()])
     events = GraphProgress(progress, {_key(p): label for label, p, _ in configs}, teacher_keys)
     progress.note(f"{len(plan.stages)} trained models and {len(plan.rows)} runs as one graph on Ray, "

@@ -125,6 +125,11 @@ def submit(plan: TablePlan, run_dirs: dict[str, Path], parent_run_id: str | None
     return stages, rows
 
 
+def cpus_per_task(parallel: int) -> int:
+    """The CPUs each task gets so that ``parallel`` run at once on the connected cluster."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, parallel))
+
+
 def check_before_work(cfgs) -> None:
     """Every config's output folder, chain data and tracking store, before any task starts; each store is
     created here, once (concurrent writers of a new sqlite store race to create its tables)."""
