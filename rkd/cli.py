@@ -117,9 +117,14 @@ def _cmd_tune(args) -> int:
 def _cmd_report(args) -> int:
     from rkd.tracking.report import experiment_table
 
-    print(experiment_table(args.experiment, tracking_uri=args.tracking_uri, parent_run_id=args.parent,
-                           protocols=tuple(args.protocol) if args.protocol else None,
-                           over_seeds=args.over_seeds, split=args.split))
+    text = experiment_table(args.experiment, tracking_uri=args.tracking_uri, parent_run_id=args.parent,
+                            protocols=tuple(args.protocol) if args.protocol else None,
+                            over_seeds=args.over_seeds, split=args.split, fmt=args.format)
+    if args.output:
+        __import__("pathlib").Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 
@@ -367,7 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="paper-style comparison table from the MLflow runs of an experiment")
     r.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. rkd-quickstart)")
     r.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    r.add_argument("--parent", default=None, help="only the nested runs of this parent run (a sweep)")
+    r.add_argument("--parent", default=None,
+                   help="only the nested runs of this parent run (a sweep, a quickstart), by id or by name (the "
+                        "newest run of that name)")
+    r.add_argument("--format", choices=("md", "csv", "latex", "json"), default="md",
+                   help="md: a Markdown table with a title; csv, latex, json: the table alone (default: %(default)s)")
+    r.add_argument("-o", "--output", default=None, help="write the table here instead of printing it")
     r.add_argument("--protocol", nargs="+", choices=("white-box", "transfer"), help="only these protocols")
     r.add_argument("--over-seeds", action="store_true",
                    help="one row per configuration: mean ± sample std over its runs' seeds")

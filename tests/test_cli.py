@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -150,6 +152,20 @@ def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracki
     assert labels["digits-teacher-plus-at-l2"] == "robust teacher: AT L2 0.5 on digits+"
     for r in every:
         assert r.data.tags["mlflow.source.name"] == "rkd quickstart" and r.data.tags["mlflow.user"], r.info.run_name
+    # `rkd report --format csv` of this quickstart (its parent by name) gives summary.json's numbers
+    report = rkd("report", "--experiment", "rkd-quickstart", "--tracking-uri", tracking_uri, "--parent", "quickstart",
+                 "--format", "csv", cwd=tmp_path)
+    table = {row["method"]: row for row in csv.DictReader(io.StringIO(report.stdout))}
+    nested = [r for r in runs if r["results"]["run"]["name"] in table]
+    assert {r["key"] for r in nested} >= {"adversarial", "robust_kd", "defensive_distillation"}
+    half_a_cent = 0.00501  # the cells have 2 decimals
+    for r in nested:
+        row = table[r["results"]["run"]["name"]]
+        assert float(row["clean"]) == pytest.approx(100 * r["results"]["clean_accuracy"], abs=half_a_cent)
+        worst = r["results"]["worst_case"][0]
+        assert float(row[next(k for k in row if k.startswith("worst case"))]) == pytest.approx(
+            100 * worst["accuracy"], abs=half_a_cent)
+    assert "Downloading artifacts" not in report.stderr
 
 
 def test_model_knob_the_arch_does_not_take_is_rejected(tmp_path, tiny_overrides):
@@ -249,6 +265,16 @@ def test_report_prints_the_table_of_an_experiment(tmp_path, tiny_overrides, trac
     rkd("train", "one.yaml", *tiny_overrides, cwd=tmp_path)
     proc = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, cwd=tmp_path)
     assert "| one |" in proc.stdout and "FGSM 8/255" in proc.stdout
+    out = tmp_path / "table.tex"
+    rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, "--format", "latex", "-o", str(out),
+        cwd=tmp_path)
+    assert out.read_text().startswith(r"\begin{tabular}") and "one &" in out.read_text()
+    rows = json.loads(rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, "--format", "json",
+                          cwd=tmp_path).stdout)
+    assert [r["method"] for r in rows] == ["one"] and "FGSM 8/255" in rows[0]
+    no_parent = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, "--parent", "nope",
+                    cwd=tmp_path, check=False)
+    assert no_parent.returncode == 1 and "--parent nope: no run of that id or name" in no_parent.stderr
     rkd("train", "one.yaml", *tiny_overrides, "seed=1", cwd=tmp_path)
     seeds = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, "--over-seeds", cwd=tmp_path)
     assert "| one | 0, 1 |" in seeds.stdout and "mean ± sample std over seeds" in seeds.stdout

@@ -63,6 +63,7 @@ import shutil
 from pathlib import Path
 
 from rkd.evaluation.metric_names import worst_case_label
+from rkd.evaluation.table_formats import markdown
 
 SCHEMA = "rkd.results/1"
 
@@ -120,8 +121,14 @@ def _time(s: float | None) -> str:
 
 def comparison_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str]] | None = None,
                      protocols: tuple[str, ...] | None = None) -> str:
-    """Markdown table, one row per (label, results): clean, the worst case per threat (the
-    headline figures), every attack, the gradient-masking flags, train time.
+    """:func:`comparison_grid` as Markdown."""
+    return markdown(*comparison_grid(rows, columns, protocols))
+
+
+def comparison_grid(rows: list[tuple[str, dict]], columns: list[tuple[str, str]] | None = None,
+                    protocols: tuple[str, ...] | None = None) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows of cells)``, one row per (label, results): clean, the worst case per
+    threat (the headline figures), every attack, the gradient-masking flags, train time.
 
     Attack columns are the union of attack names in first-seen order (only those of ``protocols``
     when given, then ``columns``, ``(name, protocol)`` pairs, appended), labelled with their
@@ -143,15 +150,15 @@ def comparison_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str]
     protocols = {p for _, p in cols}
     head = (["method", "clean"] + worst + [n if len(protocols) == 1 else f"{n} ({p})" for n, p in cols]
             + (["masking flags"] if with_flags else []) + ["train time"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for label, r in rows:
         acc = {(a["name"], a["protocol"]): a["accuracy"] for a in r["attacks"]}
         wc = {worst_case_label(w["norm"], w["eps_label"]): w["accuracy"] for w in r.get("worst_case") or []}
         cells = ([label, _pct(r["clean_accuracy"])] + [_pct(wc.get(w)) for w in worst]
                  + [_pct(acc.get(c)) for c in cols] + ([flags_cell(r)] if with_flags else [])
                  + [_time(r.get("train_wall_time_s"))])
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return head, body
 
 
 def flags_cell(results: dict) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 
 from rkd.evaluation.metric_names import worst_case_label
+from rkd.evaluation.table_formats import markdown
 
 
 def _values(r: dict, protocols: set[str]) -> dict[str, float]:
@@ -43,6 +44,11 @@ def group_by_config(rows: list[tuple[str, dict]]) -> dict[str, list[dict]]:
 
 def seed_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown: mean ± sample std (%) over the seeds of each configuration."""
+    return markdown(*seed_grid(rows))
+
+
+def seed_grid(rows: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows of cells)``: mean ± sample std (%) over the seeds of each configuration."""
     groups = group_by_config(rows)
     protocols = {a["protocol"] for _, r in rows for a in r["attacks"]}
     cols: list[str] = []
@@ -50,7 +56,7 @@ def seed_table(rows: list[tuple[str, dict]]) -> str:
         for r in rs:
             cols += [c for c in _values(r, protocols) if c not in cols]
     head = ["method", "seeds"] + cols + ["flagged", "train time"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for name, rs in groups.items():
         values = [_values(r, protocols) for r in rs]
         seeds = ", ".join(str(r.get("run", {}).get("seed", "?")) for r in rs)
@@ -60,5 +66,5 @@ def seed_table(rows: list[tuple[str, dict]]) -> str:
         cells = ([name, seeds] + [_cell([v[c] for v in values if c in v]) for c in cols]
                  + [f"{len(flagged)}/{len(rs)}" + (f" ({', '.join(names)})" if names else ""),
                     _cell(times, 1.0, " s")])
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return head, body
