@@ -31,6 +31,16 @@ def test_plan_holds_each_stage_once_needs_first():
     assert set(plan.users(mae)) == {"macd", "macd2"}
 
 
+def test_stage_options_read_cpu_and_gpu_in_any_case_and_pass_custom_resources():
+    pytest.importorskip("ray")
+    from rkd.orchestration.stages import stage_options
+
+    cfg = load_config("preset:digits_standard", ["scaling.resources_per_worker={gpu: 1, cpu: 2, trainer: 1}"])
+    assert stage_options(cfg) == {"num_cpus": 2, "num_gpus": 1, "resources": {"trainer": 1}}
+    assert stage_options(load_config("preset:digits_standard", ["scaling.use_gpu=true"])) == {"num_cpus": 1,
+                                                                                             "num_gpus": 1}
+
+
 # ------------------------------------------------------------------------------ on a cluster
 @pytest.fixture(scope="module")
 def trainer_cluster():

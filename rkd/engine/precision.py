@@ -106,16 +106,6 @@ def attack_precision() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def attacks_in_fp32() -> Iterator[None]:
-    """Force :func:`attack_precision` to fp32 inside the block (benchmarks compare the two)."""
-    token = _ATTACKS_KEEP_AUTOCAST.set(False)
-    try:
-        yield
-    finally:
-        _ATTACKS_KEEP_AUTOCAST.reset(token)
-
-
 def compile_in_place(model: torch.nn.Module) -> None:
     """``torch.compile`` the module's forward in place (``nn.Module.compile``): its state dict,
     checkpoints and the methods' other calls into it (features, stages) are unchanged."""

@@ -31,7 +31,8 @@ def stage_options(cfg: ExperimentConfig) -> dict[str, Any]:
     """Ray task options of one process of ``cfg``: CPU 1 unless ``resources_per_worker`` says
     otherwise, GPU 1 with ``use_gpu``, custom resources as given."""
     s = cfg.scaling
-    res = dict(s.resources_per_worker)
+    # CPU/GPU in any case, as trial_resources reads them (a lowercase 'gpu' is not a custom resource)
+    res = {k.upper() if k.lower() in ("cpu", "gpu") else k: v for k, v in s.resources_per_worker.items()}
     opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 1), "num_gpus": res.pop("GPU", 1 if s.use_gpu else 0)}
     if res:
         opts["resources"] = res

@@ -133,11 +133,15 @@ def cpus_per_task(parallel: int) -> int:
 def check_before_work(cfgs) -> None:
     """Every config's output folder, chain data and tracking store, before any task starts; each store is
     created here, once (concurrent writers of a new sqlite store race to create its tables)."""
+    cfgs = list(cfgs)
+    for folder in {cfg.output_dir for cfg in cfgs}:
+        require_writable(folder)
     for cfg in cfgs:
-        require_writable(cfg.output_dir)
         require_chain_data(cfg, cfg.output_dir)
-        check_tracking(cfg.tracking)
-        prepare_store(cfg.tracking)
+    stores = {(c.tracking.tracking_uri, c.tracking.experiment, c.tracking.enabled): c.tracking for c in cfgs}
+    for tracking in stores.values():  # each store once, not once per row
+        check_tracking(tracking)
+        prepare_store(tracking)
 
 
 def run_table(rows: dict[str, tuple[ExperimentConfig, Path]], *, parent_run_id: str | None = None,
