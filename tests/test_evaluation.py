@@ -70,9 +70,11 @@ def test_evaluation_reports_each_part_as_it_ends(setup):
                              "eval.checks.max_samples=10", "eval.checks.black_box_queries=5"]).eval
     lines: list[str] = []
     res = evaluate(model, test, cfg, device="cpu", log=lines.append)
-    assert [line.split(":")[1].split()[0] for line in lines] == ["clean", "worst", "masking"]
-    assert all(line.startswith("eval: ") and line.endswith(" s)") for line in lines)
-    assert f"{res['clean_accuracy']:.1%}" in lines[0] and f"{res['worst_case'][0]['accuracy']:.1%}" in lines[1]
+    laps = [line for line in lines if not line.startswith("eval: evaluating ")]  # (those: the next test)
+    assert [line.split(":")[1].split()[0] for line in laps] == ["clean", "worst", "masking"]
+    assert all(line.startswith("eval: ") and line.endswith(" s)") for line in laps)
+    assert f"{res['clean_accuracy']:.1%}" in laps[0] and f"{res['worst_case'][0]['accuracy']:.1%}" in laps[1]
+    assert lines[-2] == "eval: evaluating masking checks (probes on up to 10 images) ..."
 
 
 def test_eps_zero_gives_clean_accuracy(setup):
@@ -291,3 +293,33 @@ def test_transfer_protocol_attacks_the_source_and_classifies_with_the_model(tmp_
     assert acc[("PGD-5 Linf 8/255", "transfer")] <= res["clean_accuracy"]
     table = comparison_table([("std", same), ("other", res)])
     assert "PGD-5 Linf 8/255 (transfer)" in table and "PGD-5 Linf 8/255 (white-box)" in table
+
+
+def test_evaluate_says_which_attack_runs_before_each_one(setup):
+    """``eval: evaluating <attack> ...`` before each grid attack, each worst-case cascade attack
+    and each optional part, in order, one line each; the lap lines stay."""
+    model, test = setup
+    grid = ["{kind: fgsm, eps: 0.1}", "{kind: pgd, eps: 0.1, steps: 2, random_start: false}"]
+    cfg = load_config(None, [f"eval.attacks=[{', '.join(grid)}]", "eval.max_samples=16",
+                             "eval.worst_case.suite=[{kind: pgd, steps: 3, random_start: false}]",
+                             "eval.step_sweep={norm: linf, eps: 0.1, steps: [0, 2]}", "eval.input_gradient=true",
+                             "eval.checks.enabled=false"]).eval
+    lines: list[str] = []
+    res = evaluate(model, test, cfg, device="cpu", batch_size=8, log=lines.append)
+    said = [line.removeprefix("eval: evaluating ").removesuffix(" ...") for line in lines
+            if line.startswith("eval: evaluating ")]
+    cascade = [c["name"] for w in res["worst_case"] for c in w["cascade"] if c["ran_on"]]
+    assert cascade and len(said) == len(cfg.attacks) + len(cascade) + 2
+    assert said[:len(cfg.attacks)] == [a.label for a in cfg.attacks]
+    assert [s.split(" (worst-case cascade")[0] for s in said[len(cfg.attacks):-2]] == cascade
+    assert said[-2:] == ["PGD step sweep linf 0.1 (steps 0, 2)", "input gradients"]
+    laps = [i for i, line in enumerate(lines) if not line.startswith("eval: evaluating ")]
+    assert [lines[i].split(" ")[1] for i in laps] == ["clean", "worst", "step"]
+    assert laps[0] == len(cfg.attacks)  # the grid's lap line comes after its attacks' lines
+
+
+def test_evaluate_without_log_says_nothing(setup, capsys):
+    model, test = setup
+    cfg = load_config(None, ["eval.attacks=[{kind: fgsm, eps: 0.1}]", "eval.max_samples=8", *GRID_ONLY]).eval
+    evaluate(model, test, cfg, device="cpu", batch_size=8)
+    assert capsys.readouterr() == ("", "")

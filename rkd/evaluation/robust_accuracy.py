@@ -88,7 +88,9 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
              log: Callable[[str], None] | None = None) -> dict:
     """Run the clean + attack grid + optional step sweep, JSMA and input-gradient statistics,
     and (``cfg.transfer``) the transfer protocol against ``source``; returns the results dict body.
-    ``log`` gets one line as each part ends (what ran, its figure, its seconds)."""
+    ``log`` gets one line as each part ends (what ran, its figure, its seconds) and
+    ``eval: evaluating <attack> ...`` before each attack (grid, worst-case cascade, transfer, JSMA
+    saliency) and each optional part, so a long evaluation is never silent for more than one attack."""
     if cfg.transfer is not None and source is None:
         raise ValueError("eval.transfer needs the source model")
     data = eval_subset(test_set, cfg.max_samples)
@@ -100,6 +102,7 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
     out["clean_accuracy"] = clean_ok.float().mean().item()
     entries, masks = [], {}
     for a in cfg.attacks:
+        lap.evaluating(a.label)
         torch.manual_seed(cfg.seed)
         fn = build_attack(a.kind, **attack_params(a, test_set))
         t0 = time.perf_counter()
@@ -112,21 +115,22 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
             d = torch.cat(dists) if dists else torch.zeros(0)
             entries[-1]["median_l2_distortion"] = d.median().item() if d.numel() else None
     lap(f"clean {out['clean_accuracy']:.1%}, {len(entries)} grid attacks")
-    worst, worst_masks = worst_case(model, data, cfg, clean_ok, masks, device=device, batch_size=batch_size)
+    worst, worst_masks = worst_case(model, data, cfg, clean_ok, masks, device=device, batch_size=batch_size,
+                                    announce=lap.evaluating)
     lap("worst case " + ", ".join(f"{w['norm']} {w['eps_label']} {w['accuracy']:.1%}" for w in worst))
     if cfg.transfer is not None:
         entries += transfer_entries(model, data, cfg, source=source, source_label=source_label, device=device,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, announce=lap.evaluating)
         lap(f"transfer protocol against {source_label}")
     out["attacks"] = entries
     out["worst_case"] = worst
     out["headline"] = headline_of(worst)
-    out["step_sweep"] = step_sweep(model, loader, cfg, device) if cfg.step_sweep else None
-    out["jsma"] = jsma_eval(model, data, cfg, device, _num_classes(test_set), batch_size) if cfg.jsma else None
-    out["input_gradient"] = input_gradient_stats(model, loader, device) if cfg.input_gradient else None
+    _optional_parts(out, model, data, loader, cfg, device=device, batch_size=batch_size,
+                    num_classes=_num_classes(test_set) if cfg.jsma else 0, announce=lap.evaluating)
     if cfg.step_sweep or cfg.jsma or cfg.input_gradient:
         lap("step sweep, JSMA, input gradients (as configured)")
     if cfg.checks.enabled:
+        lap.evaluating(f"masking checks (probes on up to {cfg.checks.max_samples} images)")
         out["checks"] = masking_checks(model, data, out, cfg.checks, worst_masks=worst_masks, clean_ok=clean_ok,
                                        device=device, batch_size=batch_size,
                                        num_classes=_classes_of(model, data, device), seed=cfg.seed)
@@ -138,8 +142,24 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
     return out
 
 
+def _optional_parts(out: dict, model: nn.Module, data: Dataset, loader: DataLoader, cfg: EvalConfig, *, device,
+                    batch_size: int, num_classes: int, announce: Callable[[str], None]) -> None:
+    """The step sweep, JSMA and input-gradient statistics into ``out`` (None where not configured)."""
+    out["step_sweep"] = out["jsma"] = out["input_gradient"] = None
+    if cfg.step_sweep:
+        sw = cfg.step_sweep
+        announce(f"PGD step sweep {sw.norm} {format_eps(sw.eps, sw.norm)} (steps {', '.join(map(str, sw.steps))})")
+        out["step_sweep"] = step_sweep(model, loader, cfg, device)
+    if cfg.jsma:
+        out["jsma"] = jsma_eval(model, data, cfg, device, num_classes, batch_size, announce=announce)
+    if cfg.input_gradient:
+        announce("input gradients")
+        out["input_gradient"] = input_gradient_stats(model, loader, device)
+
+
 class _Lap:
-    """Calls ``log`` with a line and the seconds since the previous line (no-op without ``log``)."""
+    """Calls ``log`` with a line and the seconds since the previous line (no-op without ``log``);
+    :meth:`evaluating` says what starts now."""
 
     def __init__(self, log: Callable[[str], None] | None):
         self.log, self.t = log, time.perf_counter()
@@ -150,17 +170,29 @@ class _Lap:
             self.log(f"eval: {text} ({now - self.t:.0f} s)")
         self.t = now
 
+    def evaluating(self, what: str) -> None:
+        """``eval: evaluating <what> ...`` (the lap's clock runs on)."""
+        if self.log is not None:
+            self.log(f"eval: evaluating {what} ...")
+
 
 def worst_case(model: nn.Module, data: Dataset, cfg: EvalConfig, clean_ok: torch.Tensor,
-               masks: dict[str, torch.Tensor], *, device, batch_size: int) -> tuple[list[dict], dict]:
+               masks: dict[str, torch.Tensor], *, device, batch_size: int,
+               announce: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
     """One ``worst_case[]`` entry per threat (see rkd.evaluation.worst_case) and, by threat, the
     per-sample masks of the gradient-based attacks' worst case (what the masking checks compare
     gradient-free attacks with). Gradient-based attacks (grid, then the suite's cascade) come
-    before the gradient-free ones (Square); the final worst case does not depend on the order."""
+    before the gradient-free ones (Square); the final worst case does not depend on the order.
+    ``announce`` gets a line before each cascade attack that runs."""
     if not cfg.worst_case.enabled:
         return [], {}
     entries, gradient_masks = [], {}
     cascade_mask = partial(robust_mask, device=device, batch_size=batch_size)
+
+    def before(a: AttackConfig, points: int) -> None:
+        if announce is not None:
+            announce(f"{a.label} (worst-case cascade, {points} of {len(clean_ok)} points still robust)")
+
     for threat in grid_threats(cfg):
         t0 = time.perf_counter()
         grid = [a for a in cfg.attacks if a.threat == threat]
@@ -171,7 +203,8 @@ def worst_case(model: nn.Module, data: Dataset, cfg: EvalConfig, clean_ok: torch
                 if is_gradient_free(a) == gradient_free:
                     robust &= masks[a.label]
             stage = [(a, fn) for a, fn in suite if is_gradient_free(a) == gradient_free]
-            robust, records = run_cascade(model, data, robust, stage, seed=cfg.seed, robust_mask=cascade_mask)
+            robust, records = run_cascade(model, data, robust, stage, seed=cfg.seed, robust_mask=cascade_mask,
+                                          before=before)
             cascade += records
             if not gradient_free:
                 gradient_masks[threat] = robust.clone()
@@ -191,14 +224,14 @@ def headline_of(worst: list[dict]) -> dict | None:
 
 
 def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source: nn.Module, source_label: str | None,
-                     device, batch_size: int = 256) -> list[dict]:
+                     device, batch_size: int = 256, announce: Callable[[str], None] | None = None) -> list[dict]:
     """MACD's published protocol (``protocol: transfer``): each attack of ``cfg.transfer`` runs
     against ``source`` (in eval mode), and ``model`` classifies the examples. Accuracy counts a
     sample when ``model`` is right on both the clean image and the source's adversarial example
     (the convention of the white-box entries). The source's examples go through the on-disk
     adversarial cache (``cfg.transfer.cache_dir``, keyed by the source's weights, the attack,
     the data and the seed), so every model evaluated against one source sees identical examples
-    and they are computed once."""
+    and they are computed once. ``announce`` gets a line before each attack."""
     from rkd.adversarial_cache import cached_attack_set
 
     tc = cfg.transfer
@@ -208,6 +241,8 @@ def transfer_entries(model: nn.Module, data: Dataset, cfg: EvalConfig, *, source
         with torch.no_grad():
             clean_ok = torch.cat([(model(x.to(device)).argmax(1) == y.to(device)).cpu() for x, y in clean_loader])
         for a in tc.attacks:
+            if announce is not None:
+                announce(f"{a.label} (transfer from {source_label or 'the source model'})")
             params = attack_params(a, data)
             t0 = time.perf_counter()
             adv, labels = cached_attack_set(tc.cache_dir, source, data, a.kind, params, cfg.seed,
@@ -279,12 +314,13 @@ def step_sweep(model: nn.Module, loader: DataLoader, cfg: EvalConfig, device) ->
 
 
 def jsma_eval(model: nn.Module, data: Dataset, cfg: EvalConfig, device, num_classes: int,
-              batch_size: int = 256) -> list[dict]:
+              batch_size: int = 256, announce: Callable[[str], None] | None = None) -> list[dict]:
     """Targeted JSMA success rate, one ``jsma[]`` entry per saliency in ``cfg.jsma.saliency``.
 
     The attacked samples are those among the first ``cfg.jsma.max_samples`` of ``data`` that the
     model classifies correctly (a wrong sample already "succeeds" for some targets, which would
     inflate the rate); every saliency attacks the same samples with the same targets.
+    ``announce`` gets a line before each saliency.
     """
     jc = cfg.jsma
     with evaluation_mode(model):
@@ -298,6 +334,8 @@ def jsma_eval(model: nn.Module, data: Dataset, cfg: EvalConfig, device, num_clas
         x, y = torch.cat(xs), torch.cat(ys)
         entries = []
         for saliency in jc.saliency:
+            if announce is not None:
+                announce(f"JSMA ({saliency} saliency, {int(x.shape[0])} images)")
             t0 = time.perf_counter()
             rate, details = jsma_success_rate(model, x, y, num_classes, targets=jc.targets, seed=cfg.seed,
                                               return_details=True, theta=jc.theta, gamma=jc.gamma,

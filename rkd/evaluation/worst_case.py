@@ -20,6 +20,7 @@ others: every attack here treats samples independently).
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -59,15 +60,19 @@ def suite_name(cfg: EvalConfig) -> str:
 
 
 def run_cascade(model: nn.Module, data: Dataset, robust: torch.Tensor, attacks: list[tuple[AttackConfig, object]], *,
-                seed: int, robust_mask) -> tuple[torch.Tensor, list[dict]]:
+                seed: int, robust_mask,
+                before: Callable[[AttackConfig, int], None] | None = None) -> tuple[torch.Tensor, list[dict]]:
     """Run ``attacks`` (``(config, built attack)`` pairs) in order, each on the points of
     ``robust`` still robust; returns the updated mask and one cascade record per attack.
-    ``robust_mask(model, data, only, attack)`` attacks the points of ``only``."""
+    ``robust_mask(model, data, only, attack)`` attacks the points of ``only``; ``before(config,
+    points)`` is called before each attack that runs (one with no point left does not)."""
     records = []
     for a, fn in attacks:
         t0 = time.perf_counter()
         ran_on = int(robust.sum())
         if ran_on:
+            if before is not None:
+                before(a, ran_on)
             torch.manual_seed(seed)
             robust = robust_mask(model, data, robust, fn)
         records.append({"name": a.label, "kind": a.kind, "params": fn.describe(), "ran_on": ran_on,

@@ -19,6 +19,9 @@
   disk cache) once by such a task, not the driver, and kept in the object store as one
   contiguous read-only numpy array; every trial whose data has the base config's identity reads it from there
   (:func:`shared_training_data`).
+* Progress: one plain line on stderr per trial that ends, with ``k/N``, the elapsed time and an
+  ETA (:class:`SweepProgress`); Ray's forwarded worker lines lose their colour codes when the
+  console is not a terminal (:func:`plain_console`).
 * ``resume=True`` restores an interrupted sweep (``Tuner.restore``): finished trials are kept,
   unfinished and errored ones continue from their checkpoints.
 """
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ from rkd.config.tune_space import Distribution, LoadedSpace, load_space
 from rkd.engine.device import device_for_grant
 from rkd.evaluation.metric_names import PREFIX
 from rkd.experiment import RunPlace, ensure_named_models, run_experiment
+from rkd.experiment.progress import Progress, clock
 from rkd.experiment.run_dir import require_writable
 from rkd.methods import get_method
 from rkd.orchestration.stages import build_shared_data, train_stages
@@ -217,6 +223,95 @@ class _TrialEnd(tune.Callback):
         self.groups.drain()  # the trials stopped last: their workers die after the sweep's last step
 
 
+def sweep_total(space: LoadedSpace) -> int:
+    """The trials of a sweep, Ray's semantics: ``num_samples`` times every combination of the
+    ``grid`` parameters (``tune.grid_search``); every other distribution is drawn once per sample."""
+    n = space.spec.num_samples
+    for d in space.params.values():
+        if d.kind == "grid":
+            n *= len(d.args)
+    return n
+
+
+def trial_outcome(last: dict, error: bool) -> str:
+    """How a trial ended, from its last report: ``TERMINATED`` (its final report came),
+    ``ERROR at epoch 2``, ``stopped at epoch 2`` (a scheduler stopped it)."""
+    epoch = last.get(EPOCH_KEY)
+    at = f" at epoch {epoch}" if epoch is not None else ""
+    if error:
+        return f"ERROR{at}"
+    return "TERMINATED" if last.get(DONE_KEY) == 1 else f"stopped{at}"
+
+
+class SweepProgress(tune.Callback):
+    """Driver side: one plain line on stderr (no ANSI codes: fit for a terminal and a log file)
+    per trial that ends, e.g. ``[sweep s] trial 3/8 5f0c1_00002 finished (stopped at epoch 2) in
+    1m12s | elapsed 4m01s | about 6m00s left``; a trial Tune retries says so. The count includes
+    trials that ended before a resume; the ETA (:class:`~rkd.experiment.progress.Progress`) is the
+    mean trial time times the trials left over the trials that run at once. ``total=None``: the
+    line says ``trial 3`` and gives no ETA. Tune pickles its callbacks with the sweep (a resumed
+    sweep runs the pickled one), so this one keeps no stream: it writes to ``out or sys.stderr``."""
+
+    ENDED = ("TERMINATED", "ERROR")
+
+    def __init__(self, sweep: str, total: int | None, parallel: int = 1, out=None, now=time.monotonic):
+        self.sweep, self.out = sweep, out
+        self.progress = Progress(total, out=None, now=now, parallel=parallel)
+        self.started: dict[str, float] = {}
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        """Tune's own count of the trials (grid included) where it has one; the clock starts now."""
+        if total_num_samples and 0 < total_num_samples <= sys.maxsize:  # num_samples=-1: sys.maxsize and more
+            self.progress.total = int(total_num_samples)
+        self.progress.start = self.progress.now()
+        self.started = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, self.progress.now())
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        epoch = (trial.last_result or {}).get(EPOCH_KEY)
+        self._write(f"trial {trial.trial_id} failed{f' at epoch {epoch}' if epoch is not None else ''}, "
+                    "retrying from its last checkpoint")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trials, trial, error=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trials, trial, error=True)
+
+    def _ended(self, trials, trial, error: bool) -> None:
+        last = trial.last_result or {}
+        t0 = self.started.pop(trial.trial_id, None)
+        seconds = self.progress.now() - t0 if t0 is not None else last.get("time_total_s")
+        ended = {t.trial_id for t in trials if t.status in self.ENDED} | {trial.trial_id}
+        tail = self.progress.record(seconds, index=max(len(ended), self.progress.finished + 1))
+        took = f" in {clock(seconds)}" if seconds is not None else ""
+        self._write(f"trial {self.progress.count()} {trial.trial_id} finished ({trial_outcome(last, error)})"
+                    f"{took}{tail}")
+
+    def _write(self, text: str) -> None:
+        print(f"[sweep {self.sweep}] {text}", file=self.out if self.out is not None else sys.stderr, flush=True)
+
+
+def plain_console() -> None:
+    """No ANSI colour codes in a sweep's console output where stdout or stderr is not a terminal.
+
+    What colours it (Ray 2.60): not Tune's own reporter -- ray/tune/experimental/output.py (the
+    default output, ``RAY_AIR_NEW_OUTPUT=1``) prints plain text; it imports ``rich`` but never uses
+    it, and the ``verbose`` level only chooses how much it prints. The colour is in the lines Ray
+    forwards from the trials' processes: ``print_worker_logs`` in ray/_private/worker.py wraps each
+    ``(pid=..., ip=...)`` prefix in colorama codes unless ``RAY_COLOR_PREFIX=0``, which it reads for
+    every batch in the driver, so setting it here, after ``ray.init``, still applies
+    (:func:`rkd.orchestration.connect` sets it too, from stdout only). Left as Ray makes them, no
+    switch turns them off: the green ``[repeated 3x across cluster]`` of its log deduplication
+    (``_color`` in ray/_private/ray_logging/__init__.py; ``RAY_DEDUP_LOGS=0``, read when ray is
+    imported, turns the deduplication off) and the cyan ``ray::ImplicitFunc.train()`` of a failed
+    trial's traceback (``RayTaskError`` in ray/exceptions.py)."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
 def _scheduler(space: LoadedSpace):
     s = space.spec.scheduler
     if s.name == "fifo":
@@ -276,17 +371,19 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
         tune.with_parameters(_trial, space_path=space_path, sweep=sweep, parent_run_id=parent_id, shared=shared,
                              cwd=os.getcwd(), plugins=plugin_sources()),
         trial_resources(base) if base.scaling.num_workers == 0 else {"CPU": COORDINATOR_CPU})
-    if resume:
+    plain_console()
+    if resume:  # Tune restores the callbacks pickled with the sweep (SweepProgress included)
         tuner = tune.Tuner.restore(str(root / sweep), trainable, resume_unfinished=True, resume_errored=True)
     else:
         params = {k: to_tune(d) for k, d in space.params.items()}
+        concurrent = max_concurrent(base, max_concurrent_trials or space.spec.max_concurrent_trials)
+        callbacks = [_TrialEnd(base.tracking), SweepProgress(sweep, sweep_total(space), parallel=concurrent)]
         tuner = tune.Tuner(
             trainable, param_space=params,
             tune_config=tune.TuneConfig(metric="objective", mode=space.spec.mode, num_samples=space.spec.num_samples,
                                         scheduler=_scheduler(space), search_alg=_searcher(space),
-                                        max_concurrent_trials=max_concurrent(
-                                            base, max_concurrent_trials or space.spec.max_concurrent_trials)),
-            run_config=tune.RunConfig(name=sweep, storage_path=str(root), callbacks=[_TrialEnd(base.tracking)],
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=sweep, storage_path=str(root), callbacks=callbacks,
                                       failure_config=tune.FailureConfig(
                                           max_failures=max(0, base.scaling.max_failures))),
         )
