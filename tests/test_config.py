@@ -296,3 +296,19 @@ def test_amp_is_refused_for_the_jacobian_term_and_allowed_without_it():
     with pytest.raises(ConfigError, match=r"train.amp must be false while method.gamma > 0"):
         load_config("preset:digits_robust_kd", ["train.amp=true"])
     assert load_config("preset:digits_robust_kd", ["train.amp=true", "method.gamma=0"]).train.amp
+
+
+def test_data_shift_is_validated_and_keys_the_caches_only_when_set():
+    from rkd.config.identity import LOADER, RUN, identity, identity_key
+    from rkd.experiment.model_cache import teacher_key
+
+    with pytest.raises(ConfigError) as info:
+        load_config("preset:digits", ["data.shift=rot45"])
+    assert [k for k, _ in info.value.problems] == ["data.shift"] and "'rot90'" in str(info.value)
+    plain, rotated = load_config("preset:digits_teacher_plus"), load_config("preset:digits_teacher_plus_rot90")
+    assert (plain.data.shift, rotated.data.shift) == ("none", "rot90")
+    assert teacher_key(plain) != teacher_key(rotated)  # a rotated teacher is never the cached plain one
+    assert identity(rotated.data, (RUN, LOADER))["shift"] == "rot90"  # one-time training sets keyed too
+    # the default is left out of every key: caches made before data.shift existed stay valid
+    assert "shift" not in identity(plain.data, (RUN, LOADER)) and "shift" not in identity(plain)["data"]
+    assert identity_key(load_config("preset:digits_teacher_plus", ["data.shift=none"])) == identity_key(plain)

@@ -608,3 +608,54 @@ def test_paired_dataset_keeps_clean_and_copy_aligned_through_augmentation():
     assert torch.allclose(copy[inside], 1.0 - clean[inside], atol=1e-6)  # ... and each partner with its image
     with pytest.raises(ValueError, match="match"):
         paired_dataset(base, other[:5])
+
+
+# ---- input shifts (rkd/data/shifts.py) ----------------------------------------------------------
+def test_rot90_turns_a_known_image_counter_clockwise_and_composes_to_the_identity():
+    from rkd.data.shifts import shift_images
+
+    x = torch.tensor([[0.0, 0.1], [0.2, 0.3]]).expand(2, 3, 2, 2)  # (N, C, H, W), row 0 on top
+    assert torch.equal(shift_images(x, "rot90")[0, 0], torch.tensor([[0.1, 0.3], [0.0, 0.2]]))
+    assert torch.equal(shift_images(x, "rot180")[1, 2], torch.tensor([[0.3, 0.2], [0.1, 0.0]]))
+    assert torch.equal(shift_images(x, "rot270")[0, 1], torch.tensor([[0.2, 0.0], [0.3, 0.1]]))
+    y = torch.rand(4, 3, 8, 8)
+    assert torch.equal(shift_images(shift_images(y, "rot90"), "rot270"), y)
+    assert torch.equal(shift_images(shift_images(y, "rot180"), "rot180"), y)
+    with pytest.raises(ValueError, match="square"):
+        shift_images(torch.rand(1, 3, 4, 6), "rot90")
+
+
+def test_invert_maps_0_and_1_onto_each_other_in_both_storages_and_none_is_the_identity():
+    from rkd.data.shifts import shift_images
+
+    x = torch.tensor([0.0, 0.25, 1.0]).reshape(1, 1, 1, 3)
+    assert torch.equal(shift_images(x, "invert"), torch.tensor([1.0, 0.75, 0.0]).reshape(1, 1, 1, 3))
+    u = torch.tensor([0, 55, 255], dtype=torch.uint8).reshape(1, 1, 1, 3)
+    inv = shift_images(u, "invert")
+    assert inv.dtype == torch.uint8 and inv.flatten().tolist() == [255, 200, 0]
+    assert shift_images(x, "none") is x
+    with pytest.raises(ValueError, match="unknown shift 'rot45'"):
+        shift_images(x, "rot45")
+
+
+def test_shift_dataset_keeps_labels_and_transform_and_the_schema_lists_the_same_shifts():
+    from rkd.config.schema import SHIFTS as SCHEMA_SHIFTS
+    from rkd.data.shifts import SHIFTS, shift_dataset
+
+    assert SHIFTS == SCHEMA_SHIFTS
+    ds = make_synthetic(True, n_train=6, num_classes=3, image_size=8, seed=0).with_transform(train_transform())
+    assert shift_dataset(ds, "none") is ds
+    rot = shift_dataset(ds, "rot90")
+    assert torch.equal(rot.images, torch.rot90(ds.images, 1, dims=(2, 3))) and rot.images.dtype == ds.images.dtype
+    assert torch.equal(rot.labels, ds.labels) and rot.transform is ds.transform and rot.num_classes == 3
+
+
+def test_build_data_shifts_train_validation_and_test_alike():
+    from rkd.experiment.builders import build_data
+
+    plain, rot = build_data(_data_cfg(val_size=16)), build_data(_data_cfg(val_size=16, shift="rot90"))
+    for a, b in ((plain.train, rot.train), (plain.validation, rot.validation), (plain.test, rot.test)):
+        assert torch.equal(b.images, torch.rot90(a.images, 1, dims=(2, 3)))  # the same images, in the same order
+        assert torch.equal(a.labels, b.labels)
+    inv = build_data(_data_cfg(shift="invert")).test
+    assert torch.equal(inv.images, 255 - plain.test.images)  # synthetic images are stored as uint8

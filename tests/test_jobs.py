@@ -299,3 +299,95 @@ def test_reproduce_reuses_resumes_or_restarts_a_row(tmp_path, monkeypatch):
     assert calls == [["train", "--resume", str(resumable)], ["train", "c.yaml", "seed=1", "--run-dir", str(early)]]
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("early.stopped-")]
     assert not early.exists() and len(kept) == 1 and (kept[0] / "config.yaml").is_file()
+
+
+def test_robust_kd_shift_study_has_the_rows_issue_18_requires():
+    """jobs/digits/robust_kd_shift: every row on unshifted digits- with the same recipe and
+    evaluation, its rot90 digits+ teacher PGD-AT L2 0.5; the rows are standard, fine-tuning,
+    Shafahi, Robust-KD w/o L_J, w/o L_fm and full, and the distillation rows again from scratch."""
+    folder = "jobs/digits/robust_kd_shift"
+    rows = {p.rsplit("/", 1)[-1][:-5]: _load(p) for p in FILES if p.startswith(folder) and "base.yaml" not in p}
+
+    def kind(m):  # (method, init, which weights are on)
+        if m.name == "robust_kd":
+            return ("robust_kd", m.init, m.beta > 0, m.gamma > 0)
+        return (m.name, getattr(m, "init", None), getattr(m, "lam", 0) > 0)
+
+    assert sorted(kind(c.method) for c in rows.values()) == sorted([
+        ("standard", None, False), ("robust_kd", "teacher", False, False), ("shafahi", "teacher", True),
+        ("robust_kd", "teacher", True, False), ("robust_kd", "teacher", False, True),
+        ("robust_kd", "teacher", True, True), ("shafahi", "scratch", True), ("robust_kd", "scratch", True, False),
+        ("robust_kd", "scratch", False, True), ("robust_kd", "scratch", True, True)])
+    ref = rows["06_robust_kd"]
+    for name, cfg in rows.items():
+        assert (cfg.data.dataset, cfg.data.half, cfg.data.shift) == ("digits", "second", "none"), name
+        assert cfg.train == ref.train and cfg.model == ref.model and cfg.eval == ref.eval, name
+        assert cfg.tracking.experiment == "rkd-digits-robust-kd-shift"
+        if cfg.method.name != "standard":
+            assert cfg.method.teacher.config == "preset:digits_teacher_plus_rot90", name
+    ev = ref.eval
+    assert ev.worst_case.enabled and [(t.norm, t.eps) for t in ev.worst_case.threats] == [("linf", 8 / 255)]
+    assert "PGD-7 Linf 8/255" in [a.label for a in ev.attacks] and ev.step_sweep.steps == [0, 7, 25, 100]
+    assert ev.transfer is None and ev.jsma is None and ev.checks.enabled
+    teacher = _teacher(f"{folder}/06_robust_kd.yaml")
+    assert (teacher.data.dataset, teacher.data.half, teacher.data.shift) == ("digits", "first", "rot90")
+    assert (teacher.method.name, teacher.method.attack.norm, teacher.method.attack.eps) == ("adversarial", "l2", 0.5)
+    assert teacher.data.split_seed == ref.data.split_seed  # the complementary halves
+
+
+def test_reproduce_paired_checks_names_and_seeds_and_pairs_finished_runs(tmp_path, monkeypatch):
+    """--paired: unknown names and too few seeds stop the command before any run; the lines pair
+    the seeds both rows finished and say which were left out."""
+    import importlib
+    import json
+
+    monkeypatch.syspath_prepend(str(JOBS))
+    reproduce = importlib.import_module("reproduce")
+    with pytest.raises(SystemExit, match="not a config name"):
+        reproduce.check_paired([["a", "c"]], {"a", "b"}, [0, 1])
+    with pytest.raises(SystemExit, match="at least two seeds"):
+        reproduce.check_paired([["a", "b"]], {"a", "b"}, [0])
+    reproduce.check_paired([], {"a"}, None)  # no --paired: nothing to check
+    runs = {}
+    for name, accs in (("a", [0.5, 0.6, 0.7]), ("b", [0.4, 0.6, None])):
+        for seed, acc in enumerate(accs):
+            d = tmp_path / f"{name}-seed{seed}"
+            runs.setdefault(name, {})[seed] = d
+            if acc is not None:  # b's seed 2 did not finish
+                d.mkdir()
+                (d / "results.json").write_text(json.dumps({"clean_accuracy": 0.9, "attacks": [], "worst_case": [
+                    {"norm": "linf", "eps_label": "8/255", "accuracy": acc}]}))
+    lines = reproduce.paired_lines([["a", "b"]], runs, ["worst case Linf 8/255", "PGD-7 Linf 8/255"])
+    assert lines[0].startswith("paired a - b, worst case Linf 8/255 (seeds 0, 1): per seed +10.00, +0.00; mean +5.00")
+    assert lines[0].endswith("(seeds 2 left out: not finished)")
+    assert lines[1].startswith("paired a - b, PGD-7 Linf 8/255: not a column of every run")
+
+
+def test_reproduce_paired_writes_the_lines_under_the_table_markdown(tmp_path, monkeypatch, capsys):
+    import argparse
+    import importlib
+    import json
+
+    monkeypatch.syspath_prepend(str(JOBS))
+    reproduce = importlib.import_module("reproduce")
+    runs = {}
+    for name, accs in (("a", [0.5, 0.7]), ("b", [0.4, 0.5])):
+        for seed, acc in enumerate(accs):
+            d = tmp_path / "reproduce" / f"{name}-seed{seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({"clean_accuracy": acc, "attacks": []}))
+            runs.setdefault(name, {})[seed] = d
+    cfg = argparse.Namespace(output_dir=str(tmp_path), name="a")
+    calls = []
+
+    def cli(argv):  # `rkd report ... -o FILE` writes the table there
+        calls.append(argv)
+        Path(argv[argv.index("-o") + 1]).write_text("# exp: table\n\n| a |\n")
+        return 0
+
+    args = argparse.Namespace(experiment="exp", paired=[["a", "b"]], paired_metrics=["clean"])
+    assert reproduce.report_paired(cli, args, {"a-seed0": (None, cfg, None, [])}, runs, ["--over-seeds"]) == 0
+    assert calls == [["report", "--experiment", "exp", "--over-seeds", "-o", str(tmp_path / "reproduce" / "exp.md")]]
+    text = (tmp_path / "reproduce" / "exp.md").read_text()
+    assert text.startswith("# exp: table\n\n| a |\n\n- paired a - b, clean (seeds 0, 1): per seed +10.00, +20.00")
+    assert capsys.readouterr().out == text

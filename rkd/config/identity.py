@@ -12,6 +12,10 @@ A config field that cannot change what a run computes is marked in the schema wi
 cache keys trained models by ``identity(cfg, {"run"})`` and one-time training sets (MACD's
 adversarial examples) compare ``identity(cfg.data, {"run", "loader"})``. A new field is part of
 every key unless it is marked: forgetting a mark costs a retrain, never a wrong reuse.
+
+A field added after models were cached, whose default computes exactly what every config did
+before it existed, is marked ``KeyedUnlessDefault()``: it is left out of every identity while it
+holds its default (the keys of existing caches stay valid) and is part of the key otherwise.
 """
 
 from __future__ import annotations
@@ -33,8 +37,15 @@ class NotInKey:
     reason: str
 
 
+@dataclass(frozen=True)
+class KeyedUnlessDefault:
+    """Schema marker: this field is left out of every identity while it holds its default."""
+
+
 def _marked(model: BaseModel, name: str, ignore: frozenset[str]) -> bool:
     info = type(model).model_fields[name]
+    if any(isinstance(m, KeyedUnlessDefault) for m in info.metadata) and getattr(model, name) == info.default:
+        return True
     return any(isinstance(m, NotInKey) and m.reason in ignore for m in info.metadata)
 
 

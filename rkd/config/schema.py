@@ -20,11 +20,13 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rkd.config.identity import LOADER, RUN, NotInKey
+from rkd.config.identity import LOADER, RUN, KeyedUnlessDefault, NotInKey
 from rkd.config.methods import MethodConfig, default_method, method_config_class
 from rkd.config.numbers import Number, format_eps
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn", "imagenet32")
+#: deterministic input shifts of ``data.shift`` (rkd.data.shifts implements them)
+SHIFTS = ("none", "invert", "rot90", "rot180", "rot270")
 NORMS = ("linf", "l2")
 ATTACK_KINDS = ("fgsm", "pgd", "mifgsm", "cw", "autoattack", "jitter", "square", "apgd", "fab")
 #: the step count of an attack whose config does not give one (CW, APGD and FAB at their
@@ -68,6 +70,9 @@ class DataConfig(Strict):
     on_device: Annotated[Union[bool, Literal["auto"]], NotInKey(RUN)] = Field(
         "auto", description="keep the training set on the training device and gather and augment batches there "
         "(the same batches as the loader); auto = on for CUDA when the images take at most 2 GiB")
+    shift: Annotated[Literal[SHIFTS], KeyedUnlessDefault()] = Field(  # type: ignore[valid-type]
+        "none", description="a fixed transform of every image, train and test alike (rkd.data.shifts): none, invert "
+        "(1 - x), rot90 / rot180 / rot270 (counter-clockwise); a source that shares the task but not the distribution")
     split_seed: int = 0
     val_size: Annotated[Number, Field(ge=0)] = Field(
         0.0, description="validation images held out of the TRAIN set (stratified, seeded by split_seed): a count, "

@@ -7,6 +7,7 @@ from typing import Any
 
 from rkd.config import ExperimentConfig
 from rkd.data import build_dataset, class_subset, dataset_info, half_split, limit, validation_split
+from rkd.data.shifts import shift_dataset
 from rkd.data.transforms import train_transform
 from rkd.models import create_model, set_input_size
 from rkd.models.memory_format import ChannelsLast
@@ -25,14 +26,16 @@ class DataSplits:
 
 
 def build_data(data_cfg) -> DataSplits:
-    """The configured data: classes, then the half, ``limit_train``, and the validation split
-    (``data.val_size`` of what is left, stratified, seeded by ``data.split_seed``) of the
-    training set; ``limit_test`` of the test set; augmentation of the training images only."""
+    """The configured data: ``data.shift`` of every image (train and test alike), classes, then
+    the half, ``limit_train``, and the validation split (``data.val_size`` of what is left,
+    stratified, seeded by ``data.split_seed``) of the training set; ``limit_test`` of the test
+    set; augmentation of the training images only."""
     kw = dict(root=data_cfg.root, download=data_cfg.download)
     if data_cfg.dataset in ("cifar10", "cifar100", "svhn"):
         kw["verify"] = data_cfg.verify
     train = build_dataset(data_cfg.dataset, train=True, **kw)
     test = build_dataset(data_cfg.dataset, train=False, **kw)
+    train, test = shift_dataset(train, data_cfg.shift), shift_dataset(test, data_cfg.shift)
     if data_cfg.classes is not None:
         train, test = class_subset(train, data_cfg.classes), class_subset(test, data_cfg.classes)
     if data_cfg.half is not None:
