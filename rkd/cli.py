@@ -379,8 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="md: a Markdown table with a title; csv, latex, json: the table alone (default: %(default)s)")
     r.add_argument("-o", "--output", default=None, help="write the table here instead of printing it")
     r.add_argument("--protocol", nargs="+", choices=("white-box", "transfer"), help="only these protocols")
-    r.add_argument("--over-seeds", action="store_true",
-                   help="one row per configuration: mean ± sample std over its runs' seeds")
+    seeds = r.add_mutually_exclusive_group()
+    seeds.add_argument("--over-seeds", dest="over_seeds", action="store_true", default=None,
+                       help="one row per label: mean ± sample std over its runs' seeds (default: so when any "
+                            "label has several runs)")
+    seeds.add_argument("--per-run", dest="over_seeds", action="store_false", default=None,
+                       help="one row per run, even when a label has several")
     r.add_argument("--split", choices=("test", "validation"), default="test",
                    help="the test results, or the evaluations on the held-out validation split "
                         "(rkd eval RUN --split validation) (default: %(default)s)")

@@ -27,6 +27,7 @@ from typing import Iterable
 from rkd.config import TrackingConfig, load_config
 from rkd.config.schema import TeacherConfig
 from rkd.evaluation import comparison_table, distillation_table, read_results
+from rkd.evaluation.figures import save_png, tradeoff_figure
 from rkd.experiment import unique_dir
 from rkd.experiment.progress import Progress
 from rkd.experiment.run_dir import require_writable
@@ -39,8 +40,10 @@ EXPERIMENT_NOTE = (
     "MACD, defensive distillation, with their teachers) trained and evaluated on the offline digits data. "
     "Each job is one parent run named `quickstart` whose description is its comparison table; its nested runs "
     "are the rows (tag `rkd.role`: method, teacher, source, mae stage; tag `rkd.label`: the row's name in "
-    "the table). Accuracies are fractions in [0, 1] (`acc.clean`, `acc.robust` = the per-example worst case "
-    "at Linf 8/255); tables show them in %.")
+    "the table). Metrics are grouped by their first part (`clean/`, `robust/`, `train/`, `time/`); accuracies "
+    "are in % everywhere (`clean/accuracy`; `robust/accuracy` = the per-example worst case at Linf 8/255; "
+    "`robust/vs-eps x255/...` and `robust/vs-steps/...` are curves: chart them against the step). "
+    "Each method run's artifacts hold `figures/robustness.png`; the parent's, `figures/tradeoff.png`.")
 
 #: (table label, preset) in table order; presets whose name contains "teacher" are teachers
 #: (trained once through the teacher cache, exactly as the students that name them see them)
@@ -318,8 +321,11 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         (qdir / "summary.json").write_text(json.dumps({"runs": runs}, indent=1))
         parent.log_artifact(qdir / "summary.md")
         parent.log_artifact(qdir / "summary.json")
+        figure = tradeoff_figure(rows, title="rkd quickstart: cost and robustness (digits)")
+        if figure is not None:
+            parent.log_artifact(save_png(figure, qdir / "tradeoff.png"), "figures")
         parent.describe(summary_md)
-        link = parent.ui_link()
+        link, table_link = parent.ui_link(), parent.ui_link(table=True)
 
     print("\n" + summary_md, file=out)
     if tracking.enabled:
@@ -327,6 +333,7 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
         print(f"Runs are in MLflow ({uri}), experiment '{tracking.experiment}'. Browse them with:\n"
               f"    mlflow ui --backend-store-uri {uri}\n"
               f"and open {link or 'http://127.0.0.1:5000'} (this job's parent run, its table as the "
-              "description; the runs of the experiment are listed beside it)", file=out)
+              f"description), or {table_link or 'the experiment'} (the runs table; expand the parent's row)",
+              file=out)
     print(f"Run directories: {qdir} (teachers: {Path(output_dir) / 'teachers'})", file=out)
     return {"dir": str(qdir), "table": table, "runs": runs}

@@ -83,10 +83,10 @@ def test_train_then_eval_writes_results_and_mlflow_run(tmp_path, tiny_overrides,
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "rkd.ray_workers" not in run.data.tags
-    assert "acc.white-box.PGD-3_L2_0.5" not in run.data.metrics  # the re-evaluation is a run of its own
+    assert "robust/white-box/PGD-3 L2 0.5" not in run.data.metrics  # the re-evaluation is a run of its own
     child = client.get_run(json.loads((run_dir / "run.json").read_text())["last_evaluation"]["mlflow_run_id"])
-    assert "acc.white-box.PGD-3_L2_0.5" in child.data.metrics and child.data.tags["mlflow.parentRunId"] == run_id
-    assert len(client.get_metric_history(run_id, "train_loss")) == 2
+    assert "robust/white-box/PGD-3 L2 0.5" in child.data.metrics and child.data.tags["mlflow.parentRunId"] == run_id
+    assert len(client.get_metric_history(run_id, "train/loss")) == 2
     arts = {a.path for a in client.list_artifacts(run_id)}
     assert {"results.json", "results.md", "config.yaml"} <= arts
 
@@ -152,15 +152,30 @@ def test_quickstart_prints_table_and_nests_runs(tmp_path, tiny_overrides, tracki
     assert labels["digits-teacher-plus-at-l2"] == "robust teacher: AT L2 0.5 on digits+"
     for r in every:
         assert r.data.tags["mlflow.source.name"] == "rkd quickstart" and r.data.tags["mlflow.user"], r.info.run_name
+    # metrics grouped by "/", in %; the robustness curves as stepped series; figures; datasets
+    student = next(r for r in every if r.info.run_name == "digits-robust-kd")
+    results = rkd_run["results"]
+    assert student.data.metrics["robust/accuracy"] == pytest.approx(100 * results["headline"]["accuracy"])
+    assert student.data.metrics["clean/accuracy"] == pytest.approx(100 * results["clean_accuracy"])
+    assert {"train/loss", "train/lr", "time/train_s", "time/eval_s"} <= set(student.data.metrics)
+    curve = client.get_metric_history(student.info.run_id, "robust/vs-eps x255/PGD-7 Linf")
+    assert sorted(m.step for m in curve) == [0, 4, 8]
+    assert student.data.tags["rkd.teacher_run_id"] == teacher_run["mlflow_run_id"]
+    assert [a.path for a in client.list_artifacts(student.info.run_id, "figures")] == ["figures/robustness.png"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "figures")] == ["figures/tradeoff.png"]
+    assert {i.tags[0].value for i in student.inputs.dataset_inputs} == {"training", "test"}
     # `rkd report --format csv` of this quickstart (its parent by name) gives summary.json's numbers
     report = rkd("report", "--experiment", "rkd-quickstart", "--tracking-uri", tracking_uri, "--parent", "quickstart",
                  "--format", "csv", cwd=tmp_path)
     table = {row["method"]: row for row in csv.DictReader(io.StringIO(report.stdout))}
-    nested = [r for r in runs if r["results"]["run"]["name"] in table]
+    nested = [r for r in runs if r["label"] in table]  # rows by the runs' readable labels
     assert {r["key"] for r in nested} >= {"adversarial", "robust_kd", "defensive_distillation"}
+    assert "robust teacher: AT L2 0.5 on digits+ [teacher]" in table  # other roles marked, after the methods
+    assert list(table).index("Robust-KD (digits+ -> digits-)") < list(table).index(
+        "robust teacher: AT L2 0.5 on digits+ [teacher]")
     half_a_cent = 0.00501  # the cells have 2 decimals
     for r in nested:
-        row = table[r["results"]["run"]["name"]]
+        row = table[r["label"]]
         assert float(row["clean"]) == pytest.approx(100 * r["results"]["clean_accuracy"], abs=half_a_cent)
         worst = r["results"]["worst_case"][0]
         assert float(row[next(k for k in row if k.startswith("worst case"))]) == pytest.approx(
@@ -276,8 +291,10 @@ def test_report_prints_the_table_of_an_experiment(tmp_path, tiny_overrides, trac
                     cwd=tmp_path, check=False)
     assert no_parent.returncode == 1 and "--parent nope: no run of that id or name" in no_parent.stderr
     rkd("train", "one.yaml", *tiny_overrides, "seed=1", cwd=tmp_path)
-    seeds = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, "--over-seeds", cwd=tmp_path)
+    seeds = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, cwd=tmp_path)  # two seeds: one row
     assert "| one | 0, 1 |" in seeds.stdout and "mean ± sample std over seeds" in seeds.stdout
+    per_run = rkd("report", "--experiment", "rkd", "--tracking-uri", tracking_uri, "--per-run", cwd=tmp_path)
+    assert per_run.stdout.count("| one |") == 2
     bad = rkd("report", "--experiment", "nope", "--tracking-uri", tracking_uri, cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "no MLflow experiment named 'nope'" in bad.stderr
 

@@ -62,7 +62,7 @@ def test_resume_mid_run_matches_uninterrupted(tmp_path, tiny_overrides):
     assert client.get_run(resumed.mlflow_run_id).info.status == "FINISHED"
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     assert len(client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'digits-adversarial'")) == 2
-    assert [m.step for m in client.get_metric_history(resumed.mlflow_run_id, "train_loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(resumed.mlflow_run_id, "train/loss")] == [1, 2, 3, 4]
 
 
 def test_checkpoint_corruption_is_detected(tmp_path):

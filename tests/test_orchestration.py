@@ -41,10 +41,10 @@ def test_two_worker_trainer_matches_local_run(ray_cluster, tmp_path, tiny_overri
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.25)
     res_d = json.loads((tmp_path / "dist" / "results.json").read_text())
     assert abs(res_d["clean_accuracy"] - local.results["clean_accuracy"]) <= 0.2
-    assert remote["finished"] == 1 and remote["acc.clean"] == pytest.approx(res_d["clean_accuracy"])
+    assert remote["finished"] == 1 and remote["clean/accuracy"] == pytest.approx(100 * res_d["clean_accuracy"])
     run = MlflowClient(tracking_uri).get_run(remote["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["rkd.ray_workers"] == "2"
-    assert run.data.metrics["acc.white-box.FGSM_8_255"] == pytest.approx(res_d["attacks"][0]["accuracy"])
+    assert run.data.metrics["robust/white-box/FGSM 8-255"] == pytest.approx(100 * res_d["attacks"][0]["accuracy"])
 
 
 class CrashOnce(Callback):
@@ -87,7 +87,7 @@ def test_crashed_worker_restarts_from_its_checkpoint(ray_cluster, tmp_path, tiny
                               filter_string="attributes.run_name = 'crashy'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run, not two
     # no validation split (data.val_size 0): the per-epoch metric is a test figure, named so
-    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "test_acc")]
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "test/accuracy by epoch")]
     assert max(steps) == 3 and set(steps) == {1, 2, 3}
 
 
@@ -129,6 +129,8 @@ def test_sweep_nested_runs_and_one_adversarial_set_for_all_trials(ray_cluster, t
     parent = client.get_run(summary["parent_run_id"])
     assert (parent.info.status == "FINISHED"
             and parent.data.metrics["best_objective"] == summary["best"]["metrics"]["objective"])
+    assert 0 <= summary["best"]["metrics"]["objective"] <= 100  # an accuracy in %, as everywhere
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "figures")] == ["figures/tradeoff.png"]
     exp = client.get_experiment_by_name("sweeps").experiment_id
     trials = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
                                                      "and tags.`rkd.sweep` = 's1'")
@@ -136,7 +138,7 @@ def test_sweep_nested_runs_and_one_adversarial_set_for_all_trials(ray_cluster, t
     for r in trials:
         assert r.info.status == "FINISHED", r.data.tags.get("rkd.error")
         assert r.data.tags["rkd.shared_data"] == "object_store"
-        assert "acc.white-box.FGSM_8_255" in r.data.metrics
+        assert "robust/white-box/FGSM 8-255" in r.data.metrics
     ratios = sorted(json.loads(r.data.tags["rkd.sample"])["method.student_mask_ratio"] for r in trials)
     assert ratios == [0.5, 0.6, 0.7]
 
@@ -279,7 +281,7 @@ def test_sweep_of_torch_trainers_gives_back_the_workers_of_a_stopped_trial(ray_c
     assert {k: r.info.status for k, r in status.items()} == {0.01: "FINISHED", 0.02: "KILLED", 0.03: "FINISHED"}
     assert status[0.02].data.tags["rkd.stopped_at_epoch"] == "1"
     assert all(r.data.tags["mlflow.parentRunId"] == out["parent_run_id"] for r in runs)
-    assert "acc.white-box.FGSM_8_255" in status[0.03].data.metrics
+    assert "robust/white-box/FGSM 8-255" in status[0.03].data.metrics
     deadline = time.time() + 30  # every worker is gone: the cluster's CPUs are all free again
     while time.time() < deadline and ray.available_resources().get("CPU", 0) < 4:
         time.sleep(0.5)

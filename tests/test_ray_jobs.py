@@ -93,7 +93,7 @@ def test_ray_job_submit_tune_job_with_mlflow_server(tmp_path):
         trials = client.search_runs([exp.experiment_id],
                                     filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
-        assert all("acc.white-box.FGSM_8_255" in t.data.metrics for t in trials)
+        assert all("robust/white-box/FGSM 8-255" in t.data.metrics for t in trials)
         assert {json.loads(t.data.tags["rkd.sample"])["train.lr"] for t in trials} == {0.01, 0.05}
     finally:
         for proc in (head, mlflow_srv):

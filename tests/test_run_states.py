@@ -79,7 +79,7 @@ def test_one_writer_sigterm_kills_resume_finishes_and_a_finished_run_stays_finis
     resumed = rkd("train", "--resume", str(run_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert status(run_dir) == "FINISHED" and client.get_run(run_id).info.status == "FINISHED"
-    steps = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+    steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
     assert len(steps) == 60  # every epoch, across the stop
 
     again = rkd("train", "--resume", str(run_dir), cwd=tmp_path)
@@ -106,7 +106,7 @@ def test_re_evaluation_is_its_own_run_keeps_history_and_a_stopped_one_touches_no
     child_id = json.loads((run_dir / "run.json").read_text())["last_evaluation"]["mlflow_run_id"]
     child = client.get_run(child_id)
     assert child.info.status == "FINISHED" and child.data.tags["mlflow.parentRunId"] == run_id
-    assert child.data.tags["rkd.evaluates"] == run_id and "acc.white-box.FGSM_3_255" in child.data.metrics
+    assert child.data.tags["rkd.evaluates"] == run_id and "robust/white-box/FGSM 3-255" in child.data.metrics
     kept = list((run_dir / "history").glob("results-*.json"))
     assert len(kept) == 1 and json.loads(kept[0].read_text()) == trained
     now = json.loads((run_dir / "results.json").read_text())

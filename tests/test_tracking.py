@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from rkd.config import load_config
 from rkd.engine import Callback
 from rkd.experiment import run_experiment
+from rkd.experiment.builders import build_data
+from rkd.experiment.reevaluate import load_trained_model
 from rkd.tracking import DEFAULT_TRACKING_URI, MlflowRun, resolve_tracking_uri
 
 
@@ -33,14 +40,58 @@ def test_run_records_params_metrics_artifacts(tmp_path, tiny_overrides, tracking
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.params["method.name"] == "standard"
     assert run.data.tags["rkd.method"] == "standard" and run.data.tags["team"] == "x"
-    hist = client.get_metric_history(run.info.run_id, "train_loss")
+    hist = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in hist] == [1, 2]
-    assert run.data.metrics["acc.clean"] == pytest.approx(out.results["clean_accuracy"])
-    assert run.data.metrics["acc.white-box.FGSM_8_255"] == pytest.approx(out.results["attacks"][0]["accuracy"])
+    assert run.data.metrics["clean/accuracy"] == pytest.approx(100 * out.results["clean_accuracy"])
+    assert run.data.metrics["robust/white-box/FGSM 8-255"] == pytest.approx(100 * out.results["attacks"][0]["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "results.json", "results.md"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/robustness.png"]
+    # params mean something: no None, the attack grid as one param of labels
+    assert "None" not in run.data.params.values() and run.data.params["eval.attacks"] == "FGSM 8/255"
+    assert not any(k.startswith("eval.attacks.") for k in run.data.params)
+    # the eps ladder as a stepped series: clean at step 0, FGSM at 8 (eps in 1/255), in %
+    ladder = client.get_metric_history(run.info.run_id, "robust/vs-eps x255/FGSM Linf")
+    assert sorted(m.step for m in ladder) == [0, 8]
+    assert [m.value for m in sorted(ladder, key=lambda m: m.step)] == pytest.approx(
+        [100 * out.results["clean_accuracy"], 100 * out.results["attacks"][0]["accuracy"]])
+    # the data it trained and was tested on
+    logged = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(logged) == {"training", "test"} and logged["test"].name.startswith(cfg.data.dataset)
+    assert logged["test"].digest == build_data(cfg.data).test.fingerprint()[:16]
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert any(m.source_run_id == run.info.run_id for m in models)
+    assert run.data.tags["rkd.model_format"] == "pt2"
+
+
+def test_logged_model_loads_without_rkd_in_a_fresh_process(tmp_path, tiny_overrides, tracking_uri):
+    """The logged pt2 model loads with mlflow.pytorch.load_model in another process that never
+    imports rkd, predicts on its input example and on a batch of another size, as rkd's model."""
+    cfg = load_config("preset:digits_standard", tiny_overrides + ["tracking.log_model=true", "eval.enabled=false"])
+    out = run_experiment(cfg, run_dir=tmp_path / "r")
+    client = MlflowClient(tracking_uri)
+    (model,) = [m for m in client.search_logged_models(experiment_ids=[client.get_run(
+        out.mlflow_run_id).info.experiment_id]) if m.source_run_id == out.mlflow_run_id]
+    script = f"""
+import json, sys
+import mlflow, mlflow.pytorch, numpy as np, torch
+mlflow.set_tracking_uri({tracking_uri!r})
+uri = "models:/{model.model_id}"
+net = mlflow.pytorch.load_model(uri)
+local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+example = torch.as_tensor(np.asarray(mlflow.models.Model.load(local).load_input_example(local)))
+with torch.no_grad():
+    print(json.dumps({{"rkd": "rkd" in sys.modules, "example": net(example).tolist(),
+                      "five": list(net(torch.zeros(5, *example.shape[1:])).shape)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    _, net, test_set = load_trained_model(tmp_path / "r")
+    with torch.no_grad():
+        expected = net(torch.stack([test_set[0][0], test_set[1][0]]))
+    assert not got["rkd"] and got["five"] == [5, 10]
+    assert torch.tensor(got["example"]) == pytest.approx(expected, abs=1e-4)
 
 
 def test_failed_run_ends_failed(tmp_path, tiny_overrides, tracking_uri):
@@ -113,7 +164,7 @@ def test_runs_carry_their_source_and_a_description_cut_to_mlflows_tag_length(tra
     assert len(note) <= 7900 and note.endswith("all of it: summary.md)")
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     assert exp.tags["mlflow.note.content"] == "what this experiment holds"
-    assert link.endswith(f"#/experiments/{exp.experiment_id}/runs/{r.run_id}")
+    assert link.endswith(f"#/experiments/{exp.experiment_id}/runs/{r.run_id}?workflowType=machine_learning")
     assert note_text("short", "x.md") == "short"
     trials = [{"trial_id": "a", "config": {"lr": 0.1}, "metrics": {"objective": 0.5, "finished": 1}, "error": None},
               {"trial_id": "b", "config": {"lr": 1.0}, "metrics": {}, "error": "boom"},
@@ -135,11 +186,11 @@ def test_log_results_logs_jsma_and_input_gradient_metrics(tracking_uri):
         r.log_results(results, files=[])
         r.log_results({k: v for k, v in results.items() if k not in ("jsma", "input_gradient")}, files=[])
     metrics = MlflowClient(tracking_uri).get_run(r.run_id).data.metrics
-    assert metrics["jsma.probabilities.success_rate"] == pytest.approx(0.1)
-    assert metrics["jsma.logits.success_rate"] == pytest.approx(0.95)
-    assert metrics["input_gradient.l2_mean"] == pytest.approx(2e-6)
-    assert metrics["input_gradient.zero_fraction"] == pytest.approx(0.75)
-    assert metrics["acc.white-box.FGSM_8_255"] == pytest.approx(0.5) and "train_wall_time_s" not in metrics
+    assert metrics["jsma/probabilities/success rate"] == pytest.approx(10)
+    assert metrics["jsma/logits/success rate"] == pytest.approx(95)
+    assert metrics["input-gradient/l2 mean"] == pytest.approx(2e-6)
+    assert metrics["input-gradient/zero share"] == pytest.approx(75)
+    assert metrics["robust/white-box/FGSM 8-255"] == pytest.approx(50) and "time/train_s" not in metrics
 
 
 def test_a_tracking_store_that_fails_mid_run_does_not_end_the_run(tmp_path, tiny_overrides, monkeypatch):
@@ -165,7 +216,8 @@ def test_a_tracking_store_that_fails_mid_run_does_not_end_the_run(tmp_path, tiny
     gap = record["tracking_gap"]
     assert "tracking server went away" in gap["error"] and gap["backlog"].endswith("tracking_backlog.jsonl")
     lines = [json.loads(x) for x in (tmp_path / "run" / "tracking_backlog.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines if x["request"] == "metrics" and "train_loss" in x["metrics"]] == [1, 2, 3]
+    points = [p for x in lines if x["request"] == "metrics" for p in x["points"]]
+    assert [step for name, _, step in points if name == "train/loss"] == [1, 2, 3]
     assert lines[-1]["request"] == "end" and lines[-1]["status"] == "FINISHED"
 
     # the store is back: `rkd sync` sends what it missed into the same run, and keeps the backlog
@@ -175,10 +227,27 @@ def test_a_tracking_store_that_fails_mid_run_does_not_end_the_run(tmp_path, tiny
     assert main(["sync", str(tmp_path / "run")]) == 0
     client = MlflowClient(cfg.tracking.tracking_uri)
     run = client.get_run(record["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and "acc.clean" in run.data.metrics
-    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert run.info.status == "FINISHED" and "clean/accuracy" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2, 3]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"results.json", "results.md"}
     assert not (tmp_path / "run" / "tracking_backlog.jsonl").exists()
     assert "synced" in json.loads((tmp_path / "run" / "run.json").read_text())["tracking_gap"]
     assert main(["sync", str(tmp_path / "run")]) == 1  # nothing left to send: one line, exit 1
+
+
+def test_system_metrics_are_an_option(tracking_uri):
+    """tracking.system_metrics: MLflow's monitor samples this process into system/* metrics."""
+    import time
+
+    on = load_config(None, [f"tracking.tracking_uri={tracking_uri}", "tracking.system_metrics=true",
+                            "tracking.system_metrics_interval_s=0.5"])
+    with MlflowRun(on.tracking, run_name="watched") as watched:
+        time.sleep(1.5)
+    with MlflowRun(load_config(None, [f"tracking.tracking_uri={tracking_uri}"]).tracking, run_name="plain") as plain:
+        time.sleep(1.0)
+    client = MlflowClient(tracking_uri)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        client.get_run(watched.run_id).data.metrics)
+    assert not client.get_run(plain.run_id).data.metrics
+

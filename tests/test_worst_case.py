@@ -120,7 +120,7 @@ def test_tables_metrics_and_tags_carry_the_worst_case(setup):
     assert "Per-example worst case" in md
     metrics = accuracy_metrics(res)
     wc = next(w for w in res["worst_case"] if w["norm"] == "linf")
-    assert metrics[worst_case_metric("linf", LINF)] == wc["accuracy"] == metrics[ROBUST]
+    assert metrics[worst_case_metric("linf", LINF)] == pytest.approx(100 * wc["accuracy"]) == metrics[ROBUST]
     assert metric_for_label("worst case Linf 8/255") == worst_case_metric("linf", "8/255")
     assert metric_for_label("robust") == ROBUST
     assert result_tags(res) == {"rkd.masking_flags": "not checked",

@@ -614,6 +614,9 @@ class TrackingConfig(Strict):
     )
     experiment: str = "rkd"
     log_model: bool = True
+    system_metrics: bool = Field(False, description="log CPU, memory, disk, network (and GPU with pynvml) "
+                                                    "as system/* metrics (MLflow's monitor)")
+    system_metrics_interval_s: Annotated[float, Field(ge=0.5)] = Field(10.0, description="seconds between samples")
 
 
 # ------------------------------------------------------------------------------------ scaling

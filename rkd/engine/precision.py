@@ -136,6 +136,19 @@ def backend_settings() -> dict[str, object]:
 
 
 @contextmanager
+def legacy_tf32_flag() -> Iterator[None]:
+    """Inside the block, cuDNN's TF32 setting is also readable through the legacy
+    ``torch.backends.cudnn.allow_tf32`` (torch.export reads it, and raises once the new per-op
+    ``fp32_precision`` API has set the convolutions alone); the new settings are restored after."""
+    saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision)
+    torch.backends.cudnn.allow_tf32 = saved[0] == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision = saved
+
+
+@contextmanager
 def backend_settings_kept() -> Iterator[None]:
     """Restore the process-wide TF32 and cuDNN settings after the block (tests, benchmarks)."""
     saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,

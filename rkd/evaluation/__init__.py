@@ -7,6 +7,7 @@ from rkd.evaluation.results import (
                                    make_results,
                                    read_results,
                                    results_markdown,
+                                   write_result_files,
                                    write_results,
 )
 from rkd.evaluation.robust_accuracy import (
@@ -21,4 +22,4 @@ from rkd.evaluation.robust_accuracy import (
 
 __all__ = ["SCHEMA", "accuracy", "attack_entry", "comparison_table", "distillation_table", "eval_subset", "evaluate",
            "input_gradient_stats", "jsma_eval", "make_results", "read_results", "results_markdown", "step_sweep",
-           "write_results"]
+           "write_result_files", "write_results"]

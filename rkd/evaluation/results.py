@@ -84,6 +84,18 @@ def write_results(results: dict, directory: str | Path) -> tuple[Path, Path]:
     return js, md
 
 
+def write_result_files(results: dict, directory: str | Path) -> list[Path]:
+    """:func:`write_results` plus ``robustness.png`` (the curves of
+    :func:`rkd.evaluation.figures.robustness_figure`) when there is one to draw."""
+    from rkd.evaluation.figures import robustness_figure, save_png
+
+    files = list(write_results(results, directory))
+    fig = robustness_figure(results)
+    if fig is not None:
+        files.append(save_png(fig, Path(directory) / "robustness.png"))
+    return files
+
+
 def archive_results(directory: str | Path) -> Path | None:
     """Copy ``directory``'s ``results.json`` (and ``results.md``) to
     ``history/results-<UTC time>.json`` before new results replace them; the copy's path, or

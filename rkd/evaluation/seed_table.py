@@ -34,11 +34,12 @@ def _cell(xs: list[float], scale: float = 100.0, unit: str = "") -> str:
     return f"{mean:.1f} ± {scale * statistics.stdev(xs):.1f}{unit}"
 
 
-def group_by_config(rows: list[tuple[str, dict]]) -> dict[str, list[dict]]:
-    """Results by configuration name, in first-seen order."""
+def group_by_config(rows: list[tuple[str, dict]], by: str = "config") -> dict[str, list[dict]]:
+    """Results by configuration name (``by="config"``, else the row's label), in first-seen order."""
     groups: dict[str, list[dict]] = {}
     for label, r in rows:
-        groups.setdefault(r.get("run", {}).get("name") or label, []).append(r)
+        key = label if by == "label" else r.get("run", {}).get("name") or label
+        groups.setdefault(key, []).append(r)
     return groups
 
 
@@ -47,9 +48,10 @@ def seed_table(rows: list[tuple[str, dict]]) -> str:
     return markdown(*seed_grid(rows))
 
 
-def seed_grid(rows: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]]:
-    """``(header, rows of cells)``: mean ± sample std (%) over the seeds of each configuration."""
-    groups = group_by_config(rows)
+def seed_grid(rows: list[tuple[str, dict]], by: str = "config") -> tuple[list[str], list[list[str]]]:
+    """``(header, rows of cells)``: mean ± sample std (%) over the seeds of each configuration
+    (``by``: as :func:`group_by_config`)."""
+    groups = group_by_config(rows, by)
     protocols = {a["protocol"] for _, r in rows for a in r["attacks"]}
     cols: list[str] = []
     for rs in groups.values():

@@ -49,7 +49,7 @@ from rkd.engine import (
     verified_torch_load,
 )
 from rkd.engine.device import resolve_device
-from rkd.evaluation import accuracy, evaluate, make_results, write_results
+from rkd.evaluation import accuracy, evaluate, make_results, write_result_files
 from rkd.evaluation.robust_accuracy import eval_subset
 from rkd.experiment.builders import build_data, build_model, num_classes_of
 from rkd.experiment.chain_data import require_chain_data
@@ -346,15 +346,37 @@ def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict
         run = {**run_info(cfg, p.run_dir, tracker.run_id, p.roles()), "numerics": trainer.settings}
         results = make_results(body, run=run,
                                train_wall_time_s=trainer.wall_time)
-        tracker.log_results(results, list(write_results(results, p.run_dir)))
+        tracker.log_results(results, write_result_files(results, p.run_dir))
     else:
-        tracker.log_metrics({"train_wall_time_s": trainer.wall_time})
-    tracker.log_model(model)
+        tracker.log_metrics({"time/train_s": trainer.wall_time})
+    tracker.log_model(model, example_batch(p.test_set))
     model.to(p.device)
     return results
 
 
 # -------------------------------------------------------------------------------------- track
+def example_batch(data, n: int = 2) -> torch.Tensor:
+    """The first ``n`` images of ``data`` as a CPU batch: the logged model's input example."""
+    return torch.stack([data[i][0] for i in range(min(n, len(data)))]).cpu()
+
+
+def dataset_inputs(p: Prepared) -> list[dict]:
+    """The run's splits as MLflow dataset inputs: name, content digest (the first 16 hex digits
+    of the data's SHA-256), context, source and size."""
+    d = p.cfg.data
+    out = []
+    for context, data in (("training", p.train_set), ("validation", p.val_set), ("test", p.test_set)):
+        if data is None or not hasattr(data, "fingerprint"):
+            continue
+        parts = [f"{d.half} half" if d.half else "", d.shift if d.shift != "none" else ""]
+        name = d.dataset + (f" ({', '.join(p for p in parts if p)})" if any(parts) else "") + f" {context}"
+        out.append({"name": name, "digest": data.fingerprint()[:16], "context": context,
+                    "source": str(Path(d.root).resolve()) if d.root else d.dataset,
+                    "profile": {"num_images": len(data), "image_shape": list(data.image_shape),
+                                "num_classes": data.num_classes}})
+    return out
+
+
 def split_tags(splits: dict) -> dict:
     """A ``splits`` record as MLflow tags (``rkd.split.train``, ``rkd.split.validation``, ...;
     a missing validation source as ``none``)."""
@@ -369,6 +391,9 @@ def open_tracker(p: Prepared) -> MlflowRun:
             **place.tags}
     for role, info in p.roles().items():
         tags[f"rkd.{role}_run_dir"] = str(Path(info["run_dir"]).resolve())
+        run_id = read_run_json(Path(info["run_dir"])).get("mlflow_run_id")
+        if run_id:
+            tags[f"rkd.{role}_run_id"] = run_id
     return MlflowRun(cfg.tracking, run_name=cfg.name, tags=tags, parent_run_id=place.parent_run_id,
                      run_id=place.mlflow_run_id or previous.get("mlflow_run_id"), rank=place.rank)
 
@@ -411,6 +436,7 @@ def _run_claimed(cfg: ExperimentConfig, place: RunPlace, callbacks, adversarial_
         try:
             if place.writer and place.resume is False:
                 tracker.log_config(cfg)
+                tracker.log_datasets(dataset_inputs(p))
             trainer = make_trainer(p, tracker, callbacks)
             resume_trainer(trainer, place, p.run_dir)
             trainer.fit()

@@ -12,7 +12,7 @@ from rkd.config import load_config
 from rkd.config.errors import ConfigError
 from rkd.engine import verified_torch_load
 from rkd.engine.device import resolve_device
-from rkd.evaluation import evaluate, make_results, write_results
+from rkd.evaluation import evaluate, make_results, write_result_files
 from rkd.evaluation.results import archive_results
 from rkd.experiment.builders import build_data, build_model
 from rkd.experiment.pipeline import eval_log, load_teacher, run_info
@@ -89,8 +89,7 @@ def _evaluate_claimed(run_dir: Path, overrides: list[str], eval_config: str | No
                                train_wall_time_s=previous.get("train_wall_time_s"))
         out = results_dir(run_dir, split)
         kept = archive_results(out)
-        files = write_results(results, out)
-        tracker.log_results(results, list(files))
+        tracker.log_results(results, write_result_files(results, out))
         key = "last_evaluation" if split == "test" else f"last_{split}_evaluation"
         write_run_json(run_dir, **{key: {"mlflow_run_id": tracker.run_id,
                                          "previous_results": kept and str(kept.relative_to(run_dir))}})

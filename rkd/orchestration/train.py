@@ -35,7 +35,7 @@ from ray.train.torch import TorchTrainer
 from rkd.config import ExperimentConfig, config_from_dict
 from rkd.config.methods import import_plugin, plugin_sources
 from rkd.engine import Callback
-from rkd.evaluation.metric_names import TRANSFER_SUFFIX, accuracy_metrics
+from rkd.evaluation.metric_names import PERCENT, TRANSFER_SUFFIX, accuracy_metrics, epoch_metrics
 from rkd.experiment import RunOutput, RunPlace, run_experiment, unique_dir
 from rkd.orchestration.worker_groups import worker_group_ids
 from rkd.tracking import absolute_tracking_uri, create_run, end_run
@@ -77,7 +77,7 @@ class RayReportCallback(Callback):
         self.final_objective: float | None = None
 
     def on_epoch_end(self, trainer, epoch, metrics):
-        report = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        report = epoch_metrics(metrics)  # the names and unit (accuracies in %) MLflow shows
         report[EPOCH_KEY] = epoch + 1
         report[DONE_KEY] = 0
         if trainer.rank != 0:
@@ -179,8 +179,8 @@ def objective_fn(cfg: ExperimentConfig, objective, device):
     run's whole validation split (``data.val_size``, carved from the training set exactly as the
     run carves it) -- never on test images. A transfer metric is measured against the run's
     transfer source and only after the last epoch (``fn.final_only``); ``fn.data`` is the set
-    it measures. None without ``objective``; ValueError when the config holds no validation
-    split out."""
+    it measures; the value is an accuracy in percent. None without ``objective``; ValueError
+    when the config holds no validation split out."""
     if not objective:
         return None
     label = objective[0] if isinstance(objective, (tuple, list)) else objective  # (label, size) of older drivers
@@ -209,7 +209,7 @@ def objective_fn(cfg: ExperimentConfig, objective, device):
         import torch
 
         torch.manual_seed(cfg.eval.seed)
-        return accuracy(model, loader, device, attack)
+        return PERCENT * accuracy(model, loader, device, attack)
 
     fn.data = data
     return fn
@@ -234,7 +234,7 @@ def _transfer_objective(cfg: ExperimentConfig, label: str, data, device):
                                        output_dir=cfg.output_dir)[0])
         entries = transfer_entries(model, data, ev, source=source[0], source_label=None, device=device,
                                    batch_size=cfg.data.eval_batch_size)
-        return entries[0]["accuracy"]
+        return PERCENT * entries[0]["accuracy"]
 
     fn.final_only = True
     fn.data = data

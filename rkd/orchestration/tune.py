@@ -43,7 +43,9 @@ from rkd.config import ExperimentConfig
 from rkd.config.methods import import_plugin, plugin_sources
 from rkd.config.tune_space import Distribution, LoadedSpace, load_space
 from rkd.engine.device import device_for_grant
-from rkd.evaluation.metric_names import PREFIX
+from rkd.evaluation import read_results
+from rkd.evaluation.figures import save_png, tradeoff_figure
+from rkd.evaluation.metric_names import is_accuracy_metric
 from rkd.experiment import RunPlace, ensure_named_models, run_experiment
 from rkd.experiment.progress import Progress, clock
 from rkd.experiment.run_dir import require_writable
@@ -393,7 +395,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
         trials.append({"trial_id": r.metrics.get("trial_id") if r.metrics else None,
                        "config": {k: r.config.get(k) for k in space.params} if r.config else None,
                        "metrics": {k: v for k, v in (r.metrics or {}).items()
-                                   if k == "objective" or k.startswith(PREFIX) or k in (EPOCH_KEY, DONE_KEY)},
+                                   if k == "objective" or is_accuracy_metric(k) or k in (EPOCH_KEY, DONE_KEY)},
                        "error": str(r.error)[-500:] if r.error else None, "path": r.path})
     best = None
     finished = [t for t in trials if t["metrics"].get(DONE_KEY) == 1 and not t["error"]]
@@ -411,9 +413,23 @@ def _finish_parent(base: ExperimentConfig, parent_id: str | None, summary: dict,
     best = summary["best"]
     errors = any(t["error"] for t in summary["trials"])
     tags = {NOTE_TAG: sweep_note(summary), **({"rkd.best_sample": json.dumps(best["config"])} if best else {})}
+    figure = tradeoff_figure(trial_rows(base, summary), title=f"sweep {summary['sweep']}: cost and robustness "
+                             "(test split, for reading only; the search used the validation split)")
+    artifacts = [where / "summary.json", *([save_png(figure, where / "tradeoff.png")] if figure else [])]
     finish_run(base.tracking, parent_id, "FAILED" if errors and not best else "FINISHED",
                metrics={"best_objective": best["metrics"]["objective"]} if best else None, tags=tags,
-               artifacts=[where / "summary.json"])
+               artifacts=artifacts)
+
+
+def trial_rows(base: ExperimentConfig, summary: dict) -> list[tuple[str, dict]]:
+    """(sample, results) of each trial that finished its evaluation, for the trade-off figure."""
+    rows = []
+    for t in summary["trials"]:
+        path = Path(base.output_dir) / summary["sweep"] / str(t["trial_id"]) / "results.json"
+        if t["trial_id"] and path.is_file():
+            sample = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in (t["config"] or {}).items())
+            rows.append((sample or str(t["trial_id"]), read_results(path)))
+    return rows
 
 
 def sweep_note(summary: dict) -> str:
@@ -426,10 +442,11 @@ def sweep_note(summary: dict) -> str:
 
     trials = sorted(summary["trials"], key=rank)
     lines = [f"**Sweep {summary['sweep']}**: {summary['metric']} on each trial's validation split "
-             f"({summary['mode']}), best first.", "", "| trial | sample | objective | status |", "|---|---|---|---|"]
+             f"({summary['mode']}), best first.", "", "| trial | sample | objective (%) | status |",
+             "|---|---|---|---|"]
     for t in trials:
         sample = ", ".join(f"{k}={v}" for k, v in (t["config"] or {}).items())
         obj = t["metrics"].get("objective")
         status = "failed" if t["error"] else ("finished" if t["metrics"].get(DONE_KEY) == 1 else "stopped")
-        lines.append(f"| {t['trial_id']} | {sample} | {'' if obj is None else f'{obj:.4f}'} | {status} |")
+        lines.append(f"| {t['trial_id']} | {sample} | {'' if obj is None else f'{obj:.2f}'} | {status} |")
     return note_text("\n".join(lines), "summary.json")

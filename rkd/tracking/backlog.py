@@ -3,7 +3,7 @@
 When the store fails mid-run, :class:`~rkd.tracking.mlflow_tracker.MlflowRun` goes on untracked
 and appends every record it could not send to ``RUN_DIR/tracking_backlog.jsonl``, in order.
 :func:`sync_backlog` replays them into the same MLflow run: params, per-step metrics (with
-their original step and time), tags, artifacts from the run directory (config.yaml, results),
+their original step and time), dataset inputs, tags, artifacts from the run directory (config.yaml, results),
 and the run's end status last. The logged model is not replayed (its ``model.pt`` stays in the
 run directory). The backlog is then renamed ``tracking_backlog.synced-<time>.jsonl``, so a
 second sync finds nothing to send.
@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from rkd.tracking.mlflow_tracker import BACKLOG_FILE, _client, resolve_tracking_uri
+from rkd.tracking.mlflow_tracker import BACKLOG_FILE, _client, dataset_inputs, resolve_tracking_uri
 
 
 def read_backlog(run_dir: str | Path) -> list[dict]:
@@ -36,14 +36,17 @@ def _replay(client, run_dir: Path, r: dict) -> str:
         client.log_batch(run_id, params=[Param(k, v) for k, v in r["params"].items()])
     elif what == "metrics":
         ms = int(r["time"] * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), ms, r["step"]) for k, v in r["metrics"].items()])
+        points = r.get("points") or [[k, v, r["step"]] for k, v in r["metrics"].items()]  # older backlogs
+        client.log_batch(run_id, metrics=[Metric(k, float(v), ms, int(step)) for k, v, step in points])
     elif what == "tag":
         for k, v in r["tags"].items():
             client.set_tag(run_id, k, v)
     elif what == "config" and (run_dir / "config.yaml").is_file():
         client.log_artifact(run_id, str(run_dir / "config.yaml"))
     elif what == "artifact" and Path(r["artifact"]).is_file():
-        client.log_artifact(run_id, r["artifact"])
+        client.log_artifact(run_id, r["artifact"], r.get("artifact_path"))
+    elif what == "datasets":
+        client.log_inputs(run_id, dataset_inputs(r["datasets"]))
     elif what == "end":
         client.set_terminated(run_id, status=r["status"])
     else:

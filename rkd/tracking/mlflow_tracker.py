@@ -4,10 +4,15 @@ Where runs go: ``tracking.tracking_uri`` from the config, else ``$MLFLOW_TRACKIN
 ``sqlite:///mlflow.db`` in the working directory (MLflow 3.13+ refuses the plain ``./mlruns``
 file store). With the sqlite default, artifacts land in ``./mlruns/`` beside it.
 
-What a run holds: the resolved config flattened into params and as ``config.yaml``; per-epoch
-metrics (step = epoch); ``results.json`` and ``results.md``; the final model
-(``mlflow.pytorch.log_model``, name ``model``); tags ``rkd.method``, ``rkd.dataset``, ``rkd.run_dir``.
-Only rank 0 logs (others get a disabled tracker). A run whose body raises ends ``FAILED``.
+What a run holds: the resolved config as readable params (no ``None``s; the attack grid as one
+``eval.attacks`` param of labels) and whole as ``config.yaml``; per-epoch metrics (step = epoch)
+and the evaluation's metrics, named and in the unit of :mod:`rkd.evaluation.metric_names`
+(hierarchical, accuracies in percent), with its robustness curves as stepped series; the
+datasets it trained and was tested on (``mlflow.log_input``); ``results.json``, ``results.md``
+and the figures; the final model in MLflow's ``pt2`` format (``torch.export``: loading needs
+torch, not rkd) with a signature and an input example; tags ``rkd.role``, ``rkd.label``,
+``rkd.method``, ``rkd.dataset``, ``rkd.run_dir``, the teacher's and source's run ids. Only rank 0
+logs (others get a disabled tracker). A run whose body raises ends ``FAILED``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import time
 import warnings
 from pathlib import Path
 
-from rkd.config.loader import dump_config, flatten
+from rkd.config.loader import dump_config
 from rkd.engine.callbacks import Callback
-from rkd.evaluation.metric_names import accuracy_metrics, worst_case_label
+from rkd.evaluation.metric_names import epoch_metrics, stepped_metrics, summary_metrics, worst_case_label
 from rkd.interrupt import STOPPED
 from rkd.tracking.source_tags import source_tags
 
@@ -33,6 +38,8 @@ NOTE_TAG = "mlflow.note.content"
 #: variables to override
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+#: the MLflow 3 UI's model-training mode (its URL parameter; the default is the GenAI view)
+UI_MODE = "workflowType=machine_learning"
 #: where a run whose tracking store failed keeps what it could not log (one JSON object a line)
 BACKLOG_FILE = "tracking_backlog.jsonl"
 
@@ -97,6 +104,8 @@ class MlflowRun:
         self.run_id = run_id
         self.client = None
         self.gap: dict | None = None  # set when the store failed mid-run: the run went on untracked
+        self.system_metrics = getattr(tracking, "system_metrics", False) and tracking.system_metrics_interval_s
+        self._monitor = None
 
     # ------------------------------------------------------------------- lifecycle
     def __enter__(self) -> "MlflowRun":
@@ -111,9 +120,14 @@ class MlflowRun:
             self.run_id = self.client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
         else:
             self.client.update_run(self.run_id, status="RUNNING")
+        if self.system_metrics:
+            self._monitor = self._call("system metrics", _start_system_metrics, self.run_id, self.uri,
+                                       self.system_metrics)
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if self._monitor is not None:
+            self._monitor.finish()
         if self.enabled and self.run_id:
             # stopped from outside (Ctrl-C, a Tune scheduler ending the trial): KILLED, not FAILED
             stopped = exc_type is not None and issubclass(exc_type, STOPPED)
@@ -157,23 +171,27 @@ class MlflowRun:
             return
         from mlflow.entities import Param
 
-        params = flatten(cfg.model_dump(mode="json"))
-        batch = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+        batch = [Param(k[:250], v[:6000]) for k, v in readable_params(cfg).items()]
         for i in range(0, len(batch), 100):
             self._call("params", self.client.log_batch, self.run_id, params=batch[i:i + 100],
                        record={"params": {p.key: p.value for p in batch[i:i + 100]}})
         self._call("config", self.client.log_text, self.run_id, dump_config(cfg), "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if not self.enabled:
+        self.log_points([(k, v, step or 0) for k, v in metrics.items() if v is not None])
+
+    def log_points(self, points: list[tuple[str, float, int]]) -> None:
+        """(metric, value, step) points, e.g. a robustness curve, in batches of MLflow's limit."""
+        if not self.enabled or not points:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
-        if batch:
-            self._call("metrics", self.client.log_batch, self.run_id, metrics=batch,
-                       record={"step": step or 0, "metrics": {m.key: m.value for m in batch}})
+        batch = [Metric(k, float(v), now, int(step)) for k, v, step in points]
+        for i in range(0, len(batch), 1000):
+            part = batch[i:i + 1000]
+            self._call("metrics", self.client.log_batch, self.run_id, metrics=part,
+                       record={"points": [[m.key, m.value, m.step] for m in part]})
 
     def set_tags(self, tags: dict) -> None:
         if self.enabled:
@@ -181,26 +199,18 @@ class MlflowRun:
                 self._call("tag", self.client.set_tag, self.run_id, k, str(v), record={"tags": {k: str(v)}})
 
     def log_results(self, results: dict, files: list[Path]) -> None:
-        """Summary metrics (clean, the worst case per threat and the headline ``acc.robust``, each
-        attack accuracy, JSMA success rates, input-gradient L2 norm and zero fraction when
-        evaluated), the masking-flag and headline tags, and the results files as artifacts."""
+        """Summary metrics (:func:`rkd.evaluation.metric_names.summary_metrics`: clean, each
+        attack, the worst case per threat, the headline ``robust/accuracy``, times, JSMA and
+        input gradients when evaluated), the robustness curves as stepped series, the
+        masking-flag and headline tags, and the results files as artifacts (PNGs under
+        ``figures/``)."""
         if not self.enabled:
             return
-        metrics = {**accuracy_metrics(results), "eval_wall_time_s": results["eval_wall_time_s"]}
-        if results.get("train_wall_time_s") is not None:
-            metrics["train_wall_time_s"] = results["train_wall_time_s"]
-        for e in results.get("jsma") or []:
-            metrics[f"jsma.{e['saliency']}.success_rate"] = e["success_rate"]
-        grad = results.get("input_gradient")
-        if grad:
-            metrics["input_gradient.l2_mean"] = grad["l2_mean"]
-            if grad.get("l2_median") is not None:
-                metrics["input_gradient.l2_median"] = grad["l2_median"]
-            metrics["input_gradient.zero_fraction"] = grad["zero_fraction"]
-        self.log_metrics(metrics)
+        self.log_metrics(summary_metrics(results))
+        self.log_points(stepped_metrics(results))
         self.set_tags(result_tags(results))
         for f in files:
-            self._call("artifact", self.client.log_artifact, self.run_id, str(f), record={"artifact": str(f)})
+            self.log_artifact(f, "figures" if Path(f).suffix == ".png" else None)
 
     def describe(self, markdown: str, whole: str = "summary.md") -> None:
         """The run's description in the MLflow UI (its note); ``whole``: the artifact that holds
@@ -215,36 +225,134 @@ class MlflowRun:
         if exp is not None and NOTE_TAG not in exp.tags:
             self._call("experiment note", self.client.set_experiment_tag, exp.experiment_id, NOTE_TAG, markdown)
 
-    def ui_link(self, host: str = "http://127.0.0.1:5000") -> str | None:
-        """The UI address of this run, on ``mlflow ui``'s default host."""
+    def ui_link(self, host: str = "http://127.0.0.1:5000", table: bool = False) -> str | None:
+        """The UI address of this run (``table``: of its experiment's runs table), on ``mlflow
+        ui``'s default host, in the UI's model-training mode (MLflow 3 opens on its GenAI view)."""
         if not self.enabled or self.run_id is None:
             return None
         exp = self.client.get_experiment_by_name(self.experiment)
-        return f"{host}/#/experiments/{exp.experiment_id}/runs/{self.run_id}" if exp is not None else None
+        if exp is None:
+            return None
+        page = "runs" if table else f"runs/{self.run_id}"
+        return f"{host}/#/experiments/{exp.experiment_id}/{page}?{UI_MODE}"
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             self._call("artifact", self.client.log_artifact, self.run_id, str(path), artifact_path,
-                       record={"artifact": str(path)})
+                       record={"artifact": str(path), "artifact_path": artifact_path})
 
-    def log_model(self, model) -> None:
+    def log_model(self, model, example=None) -> None:
+        """The model in MLflow's ``pt2`` format (``torch.export``; loading needs torch only) with
+        the signature and input example of ``example`` (a CPU batch of at least 2 inputs, so
+        that the batch dimension stays dynamic). A model that does not export (or no example)
+        is logged pickled with rkd's source bundled (``code_paths``), so it loads without rkd
+        installed either. Tag ``rkd.model_format``: which one."""
         if not (self.enabled and self.log_model_enabled):
             return
-        import mlflow
-        import mlflow.pytorch
-        import torch
+        model = model.cpu().eval()
 
         def log():
+            import mlflow
+
             mlflow.set_tracking_uri(self.uri)
             with mlflow.start_run(run_id=self.run_id):
-                # pickle format: the traced 'pt2' default needs an input example and re-traces the model
-                mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
-                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                fmt = _log_model_pt2(model, example) if example is not None else None
+                if fmt is None:
+                    fmt = _log_model_pickle(model)
+            self.set_tags({"rkd.model_format": fmt})
 
         self._call("model", log, record={"model": "model.pt in the run directory"})
 
+    def log_datasets(self, datasets: list[dict]) -> None:
+        """The data the run used, as MLflow dataset inputs (the run's Datasets column): each
+        ``{"name", "digest", "context" (training, validation, test), "source", "profile"}``."""
+        if self.enabled and datasets:
+            self._call("datasets", self.client.log_inputs, self.run_id, dataset_inputs(datasets),
+                       record={"datasets": datasets})
+
     def callback(self) -> "MlflowCallback":
         return MlflowCallback(self)
+
+
+def dataset_inputs(datasets: list[dict]) -> list:
+    """MLflow ``DatasetInput``s of :meth:`MlflowRun.log_datasets`'s records."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    return [DatasetInput(Dataset(d["name"], d["digest"], "local", json.dumps({"uri": d["source"]}),
+                                 profile=json.dumps(d.get("profile") or {})),
+                         [InputTag("mlflow.data.context", d["context"])]) for d in datasets]
+
+
+def _start_system_metrics(run_id: str, uri: str, interval_s: float):
+    """MLflow's system-metrics monitor of this process for ``run_id`` (``system/*`` metrics)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def _log_model_pt2(model, example) -> str | None:
+    """Log ``model`` as pt2 with ``example``'s signature; None (with a warning) if it does not export."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    from rkd.engine.precision import legacy_tf32_flag
+
+    try:
+        with torch.no_grad():
+            out = model(example)
+        signature = infer_signature(example.numpy(), out.numpy())
+        with warnings.catch_warnings(), legacy_tf32_flag():
+            warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on its own internals
+            mlflow.pytorch.log_model(model, name="model", serialization_format="pt2", signature=signature,
+                                     input_example=example.numpy(), pip_requirements=_requirements())
+        return "pt2"
+    except Exception as exc:  # noqa: BLE001 -- torch.export refuses some models: fall back to pickle
+        warnings.warn(f"the model does not export to pt2 ({type(exc).__name__}: {str(exc)[:200]}); "
+                      "it is logged pickled with rkd's source", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _log_model_pickle(model) -> str:
+    import mlflow.pytorch
+
+    import rkd
+
+    mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", pip_requirements=_requirements(),
+                             code_paths=[str(Path(rkd.__file__).parent)])
+    return "pickle"
+
+
+def _requirements() -> list[str]:
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def readable_params(cfg) -> dict[str, str]:
+    """The config as MLflow params: dotted keys, no ``None`` (an unset option is not a value),
+    each attack grid as one param of its labels (``eval.attacks``, ``eval.transfer.attacks``:
+    ``FGSM 8/255; PGD-7 Linf 8/255``) and any other list as one JSON value; ``config.yaml``
+    holds everything."""
+    out = {k: v if isinstance(v, str) else json.dumps(v)
+           for k, v in flatten_sections(cfg.model_dump(mode="json")).items() if v is not None}
+    transfer = cfg.eval.transfer.attacks if cfg.eval.transfer is not None else []
+    for key, attacks in (("eval.attacks", cfg.eval.attacks), ("eval.transfer.attacks", transfer)):
+        if key in out:
+            out[key] = "; ".join(a.label for a in attacks) or "none"
+    return out
+
+
+def flatten_sections(data, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists (of sections or values) stay one value."""
+    if not isinstance(data, dict):
+        return {prefix[:-1]: data}
+    out = {}
+    for k, v in data.items():
+        out.update(flatten_sections(v, f"{prefix}{k}."))
+    return out
 
 
 def result_tags(results: dict) -> dict[str, str]:
@@ -335,7 +443,8 @@ def end_tagged_runs(tracking, tag: str, value: str, status: str, extra_tags: dic
 
 def finish_run(tracking, run_id: str | None, status: str, *, metrics: dict | None = None, tags: dict | None = None,
                artifacts: list | None = None) -> None:
-    """Log final metrics, tags and artifacts into a run (e.g. a sweep's parent) and end it."""
+    """Log final metrics, tags and artifacts (paths; PNGs go under ``figures/``) into a run
+    (e.g. a sweep's parent) and end it."""
     if not tracking.enabled or run_id is None:
         return
     client = _client(resolve_tracking_uri(tracking.tracking_uri))
@@ -344,7 +453,7 @@ def finish_run(tracking, run_id: str | None, status: str, *, metrics: dict | Non
     for k, v in (tags or {}).items():
         client.set_tag(run_id, k, str(v))
     for a in artifacts or []:
-        client.log_artifact(run_id, str(a))
+        client.log_artifact(run_id, str(a), "figures" if Path(a).suffix == ".png" else None)
     client.set_terminated(run_id, status=status)
 
 
@@ -355,4 +464,4 @@ class MlflowCallback(Callback):
         self.run = run
 
     def on_epoch_end(self, trainer, epoch, metrics):
-        self.run.log_metrics(metrics, step=epoch + 1)
+        self.run.log_metrics(epoch_metrics(metrics), step=epoch + 1)

@@ -2,7 +2,11 @@
 
 Every FINISHED run of the experiment (or the nested runs of one parent, e.g. a sweep) that
 logged a ``results.json`` artifact becomes a row: clean accuracy, each attack, train time,
-labelled by run name (a trial's sampled values are in its ``rkd.sample`` tag and appended).
+labelled by its readable label (tag ``rkd.label``, else the run name; a trial's sampled values
+are in its ``rkd.sample`` tag and appended); methods first, then the other roles (teachers,
+sources, MAE stages, re-evaluations), each marked ``[role]``. Runs of one label with several
+seeds become one row of mean ± std over the seeds (``over_seeds``: always, never, or when any
+label has several runs).
 ``split`` chooses test results (training runs and their re-evaluations) or the evaluations on
 the held-out validation split (``rkd eval RUN --split validation``, tag ``rkd.evaluated_split``).
 """
@@ -39,45 +43,72 @@ def parent_id(client, exp, parent: str) -> str:
 
 def experiment_rows(experiment: str, *, tracking_uri: str | None = None, parent_run_id: str | None = None,
                     split: str = "test") -> list[tuple[str, dict]]:
+    """(row label, results) of every FINISHED run with ``split`` results, methods first."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a quiet report, no bars on stderr
     client = _client(resolve_tracking_uri(tracking_uri))
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise FileNotFoundError(f"no MLflow experiment named {experiment!r} at {resolve_tracking_uri(tracking_uri)}")
-    if parent_run_id:
-        parent_run_id = parent_id(client, exp, parent_run_id)
     query = "attributes.status = 'FINISHED'"
     if parent_run_id:
-        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
-    rows = []
+        query += f" and tags.`{PARENT_TAG}` = '{parent_id(client, exp, parent_run_id)}'"
     runs = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
-            if run.data.tags.get(SPLIT_TAG, "test") != split:
-                continue
-            names = {a.path for a in client.list_artifacts(run.info.run_id)}
-            if "results.json" not in names:
-                continue
-            path = client.download_artifacts(run.info.run_id, "results.json", tmp)
-            results = json.loads(Path(path).read_text())
-            label = run.info.run_name or run.info.run_id
-            sample = run.data.tags.get("rkd.sample")
-            if sample:
-                label += " " + ", ".join(f"{k}={v}" for k, v in json.loads(sample).items())
-            rows.append((label, results))
-    return rows
+            results = _results_of(client, run, split, tmp)
+            if results is not None:
+                rows.append((_label_of(run, results, split), results))
+    return sorted(rows, key=lambda row: row[0].endswith("]"))  # methods first, in run order
+
+
+def _results_of(client, run, split: str, tmp: str) -> dict | None:
+    """The run's results.json if it evaluated ``split``; None otherwise."""
+    if run.data.tags.get(SPLIT_TAG, "test") != split:
+        return None
+    if "results.json" not in {a.path for a in client.list_artifacts(run.info.run_id)}:
+        return None
+    return json.loads(Path(client.download_artifacts(run.info.run_id, "results.json", tmp)).read_text())
+
+
+def _label_of(run, results: dict, split: str) -> str:
+    name = run.info.run_name or run.info.run_id
+    if run.data.tags.get("rkd.role") != "evaluation":
+        return row_label(run.data.tags, name)
+    name = results.get("run", {}).get("name") or name  # `rkd eval`: the row is the model it evaluated
+    return name if split != "test" else f"{name} (re-evaluation)"
+
+
+#: roles whose rows are the methods compared (no ``[role]`` mark)
+METHOD_ROLES = ("method", "sweep trial")
+
+
+def row_label(tags: dict, run_name: str) -> str:
+    """A run's row label: its ``rkd.label`` (else its name), a sweep trial's sample, and
+    ``[role]`` for runs that are not methods."""
+    label = tags.get("rkd.label") or run_name
+    if label.startswith(f"{run_name}: "):  # rkd's default label restates the config: the name says it
+        label = run_name
+    sample = tags.get("rkd.sample")
+    if sample and "=" not in label:
+        label += " " + ", ".join(f"{k}={v}" for k, v in json.loads(sample).items())
+    role = tags.get("rkd.role", "method")
+    return label if role in METHOD_ROLES else f"{label} [{role}]"
 
 
 def experiment_table(experiment: str, *, tracking_uri: str | None = None, parent_run_id: str | None = None,
-                     protocols: tuple[str, ...] | None = None, over_seeds: bool = False, split: str = "test",
+                     protocols: tuple[str, ...] | None = None, over_seeds: bool | None = None, split: str = "test",
                      fmt: str = "md") -> str:
-    """The experiment's table: one row per run, or (``over_seeds``) one row per configuration
-    with mean ± std over its seeds (:func:`rkd.evaluation.seed_table.seed_grid`), of the
-    ``split``'s results; ``fmt``: md (with a title line), csv, latex or json (the table alone)."""
+    """The experiment's table: one row per run, or (``over_seeds``; None: when a label has
+    several runs) one row per label with mean ± std over its seeds
+    (:func:`rkd.evaluation.seed_table.seed_grid`), of the ``split``'s results; ``fmt``: md
+    (with a title line), csv, latex or json (the table alone)."""
     rows = experiment_rows(experiment, tracking_uri=tracking_uri, parent_run_id=parent_run_id, split=split)
     if not rows:
         return f"no finished runs with {split} results in experiment {experiment!r}\n"
-    grid = seed_grid(rows) if over_seeds else comparison_grid(rows, protocols=protocols)
+    if over_seeds is None:
+        over_seeds = len({label for label, _ in rows}) < len(rows)
+    grid = seed_grid(rows, by="label") if over_seeds else comparison_grid(rows, protocols=protocols)
     if fmt != "md":
         return render(*grid, fmt)
     n = {r["num_samples"] for _, r in rows}
