@@ -251,3 +251,13 @@ def test_system_metrics_are_an_option(tracking_uri):
         client.get_run(watched.run_id).data.metrics)
     assert not client.get_run(plain.run_id).data.metrics
 
+
+
+def test_the_input_example_needs_two_images():
+    """Fewer than two test images: no input example (the model is then logged pickled), since a
+    batch of one would export with a fixed batch size."""
+    from rkd.experiment.pipeline import example_batch
+
+    images = [(torch.full((1, 4, 4), float(i)), i) for i in range(3)]
+    assert example_batch(images).shape == (2, 1, 4, 4) and example_batch(images)[1].max() == 1.0
+    assert example_batch(images[:1]) is None and example_batch([]) is None

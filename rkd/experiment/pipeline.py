@@ -355,9 +355,12 @@ def evaluate_and_save(p: Prepared, tracker: MlflowRun, trainer: Trainer) -> dict
 
 
 # -------------------------------------------------------------------------------------- track
-def example_batch(data, n: int = 2) -> torch.Tensor:
-    """The first ``n`` images of ``data`` as a CPU batch: the logged model's input example."""
-    return torch.stack([data[i][0] for i in range(min(n, len(data)))]).cpu()
+def example_batch(data, n: int = 2) -> torch.Tensor | None:
+    """The first ``n`` images of ``data`` as a CPU batch: the logged model's input example (at
+    least 2 images, so that its batch dimension stays dynamic); None with fewer."""
+    if data is None or len(data) < max(n, 2):
+        return None
+    return torch.stack([data[i][0] for i in range(n)]).cpu()
 
 
 def dataset_inputs(p: Prepared) -> list[dict]:
