@@ -37,9 +37,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rkd.evaluation.curves import WORST_CASE, Curve, eps_curves, steps_curves
-from rkd.evaluation.metric_names import ball_label
+from rkd.evaluation.metric_names import PERCENT, ball_label
 
-PERCENT = 100.0
 PANEL_SIZE = (5.0, 4.0)
 #: the positive-x spread above which an axis turns logarithmic
 STEPS_LOG_RATIO = 10.0

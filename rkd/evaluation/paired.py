@@ -23,7 +23,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
-from rkd.evaluation.metric_names import ball_label, worst_case_label
+from rkd.evaluation.metric_names import PERCENT, ball_label
+from rkd.evaluation.seed_table import column_values
 
 #: the columns a study compares by default: the headline and the paper's PGD-7 column
 DEFAULT_METRICS = ("worst case Linf 8/255", "PGD-7 Linf 8/255")
@@ -84,16 +85,11 @@ def row_metrics(results: dict) -> dict[str, float]:
     """``{column: accuracy in %}`` of one results.json: ``clean``, each ``worst case <ball>``,
     each white-box attack by its label, and each step-sweep point as ``PGD-<k> <ball> (step
     sweep)`` (0 steps is the clean accuracy and left out)."""
-    out = {"clean": 100.0 * results["clean_accuracy"]}
-    for w in results.get("worst_case") or []:
-        out[worst_case_label(w["norm"], w["eps_label"])] = 100.0 * w["accuracy"]
-    for a in results.get("attacks") or []:
-        if a.get("protocol", "white-box") == "white-box":
-            out[a["name"]] = 100.0 * a["accuracy"]
+    out = {k: PERCENT * v for k, v in column_values(results, {"white-box"}).items()}
     sweep = results.get("step_sweep")
     if sweep:
         ball = ball_label(sweep["norm"], sweep["eps_label"])
-        out.update({f"PGD-{p['steps']} {ball} (step sweep)": 100.0 * p["accuracy"] for p in sweep["points"]
+        out.update({f"PGD-{p['steps']} {ball} (step sweep)": PERCENT * p["accuracy"] for p in sweep["points"]
                     if p["steps"]})
     return out
 

@@ -15,13 +15,15 @@ from rkd.evaluation.metric_names import worst_case_label
 from rkd.evaluation.table_formats import markdown
 
 
-def _values(r: dict, protocols: set[str]) -> dict[str, float]:
-    """``{column: accuracy}`` of one results dict; attack columns carry their protocol when the
-    table has more than one (``protocols``: those of every row)."""
+def column_values(r: dict, protocols: set[str]) -> dict[str, float]:
+    """``{column: accuracy}`` of one results dict: clean, each worst case, each attack of
+    ``protocols`` (those of every row of a table); attack columns carry their protocol when
+    there is more than one."""
     out = {"clean": r["clean_accuracy"]}
     out.update({worst_case_label(w["norm"], w["eps_label"]): w["accuracy"] for w in r.get("worst_case") or []})
     for a in r["attacks"]:
-        out[a["name"] if protocols == {"white-box"} else f"{a['name']} ({a['protocol']})"] = a["accuracy"]
+        if a["protocol"] in protocols:
+            out[a["name"] if protocols == {"white-box"} else f"{a['name']} ({a['protocol']})"] = a["accuracy"]
     return out
 
 
@@ -56,11 +58,11 @@ def seed_grid(rows: list[tuple[str, dict]], by: str = "config") -> tuple[list[st
     cols: list[str] = []
     for rs in groups.values():
         for r in rs:
-            cols += [c for c in _values(r, protocols) if c not in cols]
+            cols += [c for c in column_values(r, protocols) if c not in cols]
     head = ["method", "seeds"] + cols + ["flagged", "train time"]
     body = []
     for name, rs in groups.items():
-        values = [_values(r, protocols) for r in rs]
+        values = [column_values(r, protocols) for r in rs]
         seeds = ", ".join(str(r.get("run", {}).get("seed", "?")) for r in rs)
         flagged = [r for r in rs if r.get("flags")]
         names = sorted({f for r in flagged for f in r["flags"]})

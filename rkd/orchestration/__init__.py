@@ -14,6 +14,24 @@ import os
 import sys
 
 
+def plain_console() -> None:
+    """No ANSI colour codes in Ray's console output where stdout or stderr is not a terminal.
+
+    What colours it (Ray 2.60): not Tune's own reporter -- ray/tune/experimental/output.py (the
+    default output, ``RAY_AIR_NEW_OUTPUT=1``) prints plain text; it imports ``rich`` but never uses
+    it, and the ``verbose`` level only chooses how much it prints. The colour is in the lines Ray
+    forwards from the trials' processes: ``print_worker_logs`` in ray/_private/worker.py wraps each
+    ``(pid=..., ip=...)`` prefix in colorama codes unless ``RAY_COLOR_PREFIX=0``, which it reads for
+    every batch in the driver, so setting it after ``ray.init`` still applies (:func:`connect`
+    calls this; a sweep calls it again for a cluster joined elsewhere). Left as Ray makes them, no
+    switch turns them off: the green ``[repeated 3x across cluster]`` of its log deduplication
+    (``_color`` in ray/_private/ray_logging/__init__.py; ``RAY_DEDUP_LOGS=0``, read when ray is
+    imported, turns the deduplication off) and the cyan ``ray::ImplicitFunc.train()`` of a failed
+    trial's traceback (``RayTaskError`` in ray/exceptions.py)."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, tracking_uri: str | None = None) -> None:
     """``ray.init`` once: ``address`` (or ``$RAY_ADDRESS``) joins a running cluster, none
     starts a local one. Workers get ``MLFLOW_TRACKING_URI`` (absolute) through the runtime
@@ -24,8 +42,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, tracking
 
     if ray.is_initialized():
         return
-    if not sys.stdout.isatty():  # a log file or a pipe: worker lines without ANSI colour codes
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    plain_console()
     from rkd import SOURCE_ENV
 
     env = {"MLFLOW_TRACKING_URI": absolute_tracking_uri(tracking_uri),

@@ -21,7 +21,7 @@
   (:func:`shared_training_data`).
 * Progress: one plain line on stderr per trial that ends, with ``k/N``, the elapsed time and an
   ETA (:class:`SweepProgress`); Ray's forwarded worker lines lose their colour codes when the
-  console is not a terminal (:func:`plain_console`).
+  console is not a terminal (:func:`rkd.orchestration.plain_console`).
 * ``resume=True`` restores an interrupted sweep (``Tuner.restore``): finished trials are kept,
   unfinished and errored ones continue from their checkpoints.
 """
@@ -50,6 +50,7 @@ from rkd.experiment import RunPlace, ensure_named_models, run_experiment
 from rkd.experiment.progress import Progress, clock
 from rkd.experiment.run_dir import require_writable
 from rkd.methods import get_method
+from rkd.orchestration import plain_console
 from rkd.orchestration.stages import build_shared_data, train_stages
 from rkd.orchestration.train import (
     CHECKPOINT_FILE,
@@ -296,24 +297,6 @@ class SweepProgress(tune.Callback):
         print(f"[sweep {self.sweep}] {text}", file=self.out if self.out is not None else sys.stderr, flush=True)
 
 
-def plain_console() -> None:
-    """No ANSI colour codes in a sweep's console output where stdout or stderr is not a terminal.
-
-    What colours it (Ray 2.60): not Tune's own reporter -- ray/tune/experimental/output.py (the
-    default output, ``RAY_AIR_NEW_OUTPUT=1``) prints plain text; it imports ``rich`` but never uses
-    it, and the ``verbose`` level only chooses how much it prints. The colour is in the lines Ray
-    forwards from the trials' processes: ``print_worker_logs`` in ray/_private/worker.py wraps each
-    ``(pid=..., ip=...)`` prefix in colorama codes unless ``RAY_COLOR_PREFIX=0``, which it reads for
-    every batch in the driver, so setting it here, after ``ray.init``, still applies
-    (:func:`rkd.orchestration.connect` sets it too, from stdout only). Left as Ray makes them, no
-    switch turns them off: the green ``[repeated 3x across cluster]`` of its log deduplication
-    (``_color`` in ray/_private/ray_logging/__init__.py; ``RAY_DEDUP_LOGS=0``, read when ray is
-    imported, turns the deduplication off) and the cyan ``ray::ImplicitFunc.train()`` of a failed
-    trial's traceback (``RayTaskError`` in ray/exceptions.py)."""
-    if not (sys.stdout.isatty() and sys.stderr.isatty()):
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-
-
 def _scheduler(space: LoadedSpace):
     s = space.spec.scheduler
     if s.name == "fifo":
@@ -373,7 +356,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, name: str | None 
         tune.with_parameters(_trial, space_path=space_path, sweep=sweep, parent_run_id=parent_id, shared=shared,
                              cwd=os.getcwd(), plugins=plugin_sources()),
         trial_resources(base) if base.scaling.num_workers == 0 else {"CPU": COORDINATOR_CPU})
-    plain_console()
+    plain_console()  # also for a cluster that connect() did not start
     if resume:  # Tune restores the callbacks pickled with the sweep (SweepProgress included)
         tuner = tune.Tuner.restore(str(root / sweep), trainable, resume_unfinished=True, resume_errored=True)
     else:

@@ -104,7 +104,8 @@ class MlflowRun:
         self.run_id = run_id
         self.client = None
         self.gap: dict | None = None  # set when the store failed mid-run: the run went on untracked
-        self.system_metrics = getattr(tracking, "system_metrics", False) and tracking.system_metrics_interval_s
+        #: seconds between system-metric samples; None: not monitored
+        self.system_metrics_interval = tracking.system_metrics_interval_s if tracking.system_metrics else None
         self._monitor = None
 
     # ------------------------------------------------------------------- lifecycle
@@ -120,9 +121,9 @@ class MlflowRun:
             self.run_id = self.client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
         else:
             self.client.update_run(self.run_id, status="RUNNING")
-        if self.system_metrics:
+        if self.system_metrics_interval:
             self._monitor = self._call("system metrics", _start_system_metrics, self.run_id, self.uri,
-                                       self.system_metrics)
+                                       self.system_metrics_interval)
         return self
 
     def __exit__(self, exc_type, exc, tb):
