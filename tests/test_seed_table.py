@@ -39,3 +39,19 @@ def test_columns_carry_the_protocol_when_any_row_has_two():
     head = seed_table([("a", plain), ("b", both)]).splitlines()[0]
     assert "PGD-7 Linf 8/255 (white-box)" in head and "FGSM 8/255 (transfer)" in head
     assert "| PGD-7 Linf 8/255 |" not in head  # one column per attack, not one per labelling
+
+
+def test_step_sweep_points_are_columns_and_seeds_are_listed_in_order():
+    """Robust-KD's Figures 4-5 over seeds: each step count of the step sweep is a column (0 steps,
+    the clean accuracy, is not), and a configuration's seeds are listed in numeric order
+    whatever order its runs come in."""
+    def swept(seed, acc25):
+        r = _results("a", seed, 0.9, 0.5, 0.4)
+        r["step_sweep"] = {"norm": "l2", "eps": 0.5, "eps_label": "0.5",
+                           "points": [{"steps": 0, "accuracy": 0.9}, {"steps": 25, "accuracy": acc25}]}
+        return r
+
+    lines = seed_table([("x", swept(10, 0.30)), ("y", swept(2, 0.40))]).splitlines()
+    assert lines[0].split(" | ")[-3:] == ["PGD-25 L2 0.5 (step sweep)", "flagged", "train time |"]
+    assert "PGD-0 " not in lines[0]
+    assert lines[2].startswith("| a | 2, 10 | ") and "| 35.0 ± 7.1 |" in lines[2]

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
-from rkd.evaluation.metric_names import PERCENT, ball_label
+from rkd.evaluation.metric_names import PERCENT
 from rkd.evaluation.seed_table import column_values
 
 #: the columns a study compares by default: the headline and the paper's PGD-7 column
@@ -84,14 +84,8 @@ def paired_line(c: PairedComparison, unit: str = " points") -> str:
 def row_metrics(results: dict) -> dict[str, float]:
     """``{column: accuracy in %}`` of one results.json: ``clean``, each ``worst case <ball>``,
     each white-box attack by its label, and each step-sweep point as ``PGD-<k> <ball> (step
-    sweep)`` (0 steps is the clean accuracy and left out)."""
-    out = {k: PERCENT * v for k, v in column_values(results, {"white-box"}).items()}
-    sweep = results.get("step_sweep")
-    if sweep:
-        ball = ball_label(sweep["norm"], sweep["eps_label"])
-        out.update({f"PGD-{p['steps']} {ball} (step sweep)": PERCENT * p["accuracy"] for p in sweep["points"]
-                    if p["steps"]})
-    return out
+    sweep)`` (0 steps is the clean accuracy and left out): the seed table's columns."""
+    return {k: PERCENT * v for k, v in column_values(results, {"white-box"}).items()}
 
 
 __all__ = ["DEFAULT_METRICS", "PairedComparison", "paired_comparison", "paired_line", "row_metrics"]

@@ -3,27 +3,33 @@ cell the mean and sample standard deviation over that configuration's seeds, wit
 named -- so that a difference between two rows can be read against their spread.
 
 Columns as :func:`rkd.evaluation.results.comparison_table`: clean, the worst case per threat
-(the headline), each attack (white-box and transfer), the train time; plus how many seeds'
-masking checks raised a flag, and which flags.
+(the headline), each attack (white-box and transfer), the PGD step sweep's points (Robust-KD's
+Figures 4-5, ``PGD-<k> <ball> (step sweep)``), the train time; plus how many seeds' masking
+checks raised a flag, and which flags.
 """
 
 from __future__ import annotations
 
 import statistics
 
-from rkd.evaluation.metric_names import worst_case_label
+from rkd.evaluation.metric_names import ball_label, worst_case_label
 from rkd.evaluation.table_formats import markdown
 
 
 def column_values(r: dict, protocols: set[str]) -> dict[str, float]:
     """``{column: accuracy}`` of one results dict: clean, each worst case, each attack of
-    ``protocols`` (those of every row of a table); attack columns carry their protocol when
-    there is more than one."""
+    ``protocols`` (those of every row of a table; attack columns carry their protocol when
+    there is more than one), and each point of the step sweep but its 0 steps (the clean
+    accuracy) as ``PGD-<k> <ball> (step sweep)``."""
     out = {"clean": r["clean_accuracy"]}
     out.update({worst_case_label(w["norm"], w["eps_label"]): w["accuracy"] for w in r.get("worst_case") or []})
     for a in r["attacks"]:
         if a["protocol"] in protocols:
             out[a["name"] if protocols == {"white-box"} else f"{a['name']} ({a['protocol']})"] = a["accuracy"]
+    sweep = r.get("step_sweep")
+    if sweep:
+        ball = ball_label(sweep["norm"], sweep["eps_label"])
+        out.update({f"PGD-{p['steps']} {ball} (step sweep)": p["accuracy"] for p in sweep["points"] if p["steps"]})
     return out
 
 
@@ -45,6 +51,11 @@ def group_by_config(rows: list[tuple[str, dict]], by: str = "config") -> dict[st
     return groups
 
 
+def _seed_order(r: dict) -> tuple[bool, int]:
+    seed = r.get("run", {}).get("seed")
+    return seed is None, seed if isinstance(seed, int) else 0
+
+
 def seed_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown: mean ± sample std (%) over the seeds of each configuration."""
     return markdown(*seed_grid(rows))
@@ -62,6 +73,7 @@ def seed_grid(rows: list[tuple[str, dict]], by: str = "config") -> tuple[list[st
     head = ["method", "seeds"] + cols + ["flagged", "train time"]
     body = []
     for name, rs in groups.items():
+        rs = sorted(rs, key=_seed_order)
         values = [column_values(r, protocols) for r in rs]
         seeds = ", ".join(str(r.get("run", {}).get("seed", "?")) for r in rs)
         flagged = [r for r in rs if r.get("flags")]
