@@ -312,3 +312,28 @@ def test_data_shift_is_validated_and_keys_the_caches_only_when_set():
     # the default is left out of every key: caches made before data.shift existed stay valid
     assert "shift" not in identity(plain.data, (RUN, LOADER)) and "shift" not in identity(plain)["data"]
     assert identity_key(load_config("preset:digits_teacher_plus", ["data.shift=none"])) == identity_key(plain)
+
+
+def test_data_image_size_is_validated_and_keys_the_caches_only_when_set():
+    from rkd.config.identity import LOADER, RUN, identity
+    from rkd.experiment.model_cache import teacher_key
+
+    with pytest.raises(ConfigError) as info:
+        load_config("jobs/cifar10/trades.yaml", ["data.image_size=16"])
+    assert [k for k, _ in info.value.problems] == ["data"] and "data.image_size" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config("preset:digits", ["data.image_size=0"])
+    assert [k for k, _ in info.value.problems] == ["data.image_size"]
+    plain, small = load_config("preset:digits_teacher_plus"), load_config("preset:digits_teacher_plus",
+                                                                        ["data.image_size=16"])
+    assert (plain.data.image_side(), small.data.image_side()) == (32, 16)
+    assert teacher_key(plain) != teacher_key(small)  # a 16 px teacher is never the cached 32 px one
+    assert identity(small.data, (RUN, LOADER))["image_size"] == 16  # one-time training sets keyed too
+    # unset is left out of every key: caches made before data.image_size existed stay valid
+    assert "image_size" not in identity(plain.data, (RUN, LOADER)) and "image_size" not in identity(plain)["data"]
+
+
+def test_macd_student_patch_must_divide_the_configured_image_side():
+    with pytest.raises(ConfigError, match=r"student_patch 8 must divide the image side 12"):
+        load_config("preset:digits_macd", ["data.image_size=12"])
+    assert load_config("preset:digits_macd", ["data.image_size=16", "method.student_patch=4"]).data.image_size == 16

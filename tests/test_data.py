@@ -659,3 +659,21 @@ def test_build_data_shifts_train_validation_and_test_alike():
         assert torch.equal(a.labels, b.labels)
     inv = build_data(_data_cfg(shift="invert")).test
     assert torch.equal(inv.images, 255 - plain.test.images)  # synthetic images are stored as uint8
+
+
+def test_digits_are_made_at_the_configured_image_size_and_the_mae_patchifies_that_side():
+    import torch
+
+    from rkd.config import load_config
+    from rkd.experiment import build_datasets, build_model
+
+    cfg = load_config("preset:digits_mae", ["data.image_size=16"])
+    train, test, _ = build_datasets(cfg.data)
+    assert train.image_shape == test.image_shape == (3, 16, 16)
+    mae = getattr(build_model(cfg), "mae", None) or build_model(cfg)
+    assert (mae.img_size, mae.num_patches) == (16, 16)  # patch 4
+    with torch.no_grad():
+        tokens, _, _ = mae.forward_encoder(torch.stack([test[i][0] for i in range(2)]), 0.0)
+    assert tokens.shape[:2] == (2, 1 + 16)  # [CLS] + one token per patch of the 16 px image
+    # the 32 px default is the images the presets always made
+    assert build_datasets(load_config("preset:digits").data)[1].image_shape == (3, 32, 32)

@@ -73,6 +73,9 @@ class DataConfig(Strict):
     shift: Annotated[Literal[SHIFTS], KeyedUnlessDefault()] = Field(  # type: ignore[valid-type]
         "none", description="a fixed transform of every image, train and test alike (rkd.data.shifts): none, invert "
         "(1 - x), rot90 / rot180 / rot270 (counter-clockwise); a source that shares the task but not the distribution")
+    image_size: Annotated[Optional[Annotated[int, Field(gt=0)]], KeyedUnlessDefault()] = Field(
+        None, description="digits/synthetic: the side the images are made at (digits are 8x8, upsampled "
+        "bilinearly); None = the dataset's own (32); other datasets refuse it (see model.input_size)")
     split_seed: int = 0
     val_size: Annotated[Number, Field(ge=0)] = Field(
         0.0, description="validation images held out of the TRAIN set (stratified, seeded by split_seed): a count, "
@@ -83,6 +86,19 @@ class DataConfig(Strict):
         if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
             raise ValueError("data.classes must list at least two distinct class indices")
         return self
+
+    @model_validator(mode="after")
+    def _image_size_made_here(self):
+        if self.image_size is not None and self.dataset not in ("digits", "synthetic"):
+            raise ValueError(f"data.image_size applies to digits and synthetic only (dataset {self.dataset!r} "
+                             "comes at its own size; model.input_size resizes inside the model)")
+        return self
+
+    def image_side(self) -> int:
+        """The side of the images the data loader yields (``image_size`` or the dataset's own)."""
+        from rkd.data import dataset_info
+
+        return self.image_size or dataset_info(self.dataset).image_shape[-1]
 
 
 # -------------------------------------------------------------------------------------- model

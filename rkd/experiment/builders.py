@@ -33,6 +33,8 @@ def build_data(data_cfg) -> DataSplits:
     kw = dict(root=data_cfg.root, download=data_cfg.download)
     if data_cfg.dataset in ("cifar10", "cifar100", "svhn"):
         kw["verify"] = data_cfg.verify
+    if data_cfg.image_size is not None:
+        kw["image_size"] = data_cfg.image_size
     train = build_dataset(data_cfg.dataset, train=True, **kw)
     test = build_dataset(data_cfg.dataset, train=False, **kw)
     train, test = shift_dataset(train, data_cfg.shift), shift_dataset(test, data_cfg.shift)
@@ -68,7 +70,10 @@ def num_classes_of(data_cfg) -> int:
 def build_model(cfg: ExperimentConfig, num_classes: int | None = None):
     """The configured model (its knobs were checked against the architecture by load_config)."""
     num_classes = num_classes_of(cfg.data) if num_classes is None else num_classes
-    model = create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **cfg.model.kwargs())
+    kwargs = cfg.model.kwargs()
+    if cfg.model.arch.startswith("mae_") and "img_size" not in kwargs and cfg.data.image_size is not None:
+        kwargs["img_size"] = cfg.model.input_size or cfg.data.image_size  # the side the ViT is given
+    model = create_model(cfg.model.arch, num_classes=num_classes, mean=cfg.data.dataset, **kwargs)
     if cfg.model.channels_last is None and isinstance(model, ChannelsLast):
         model.set_channels_last(cfg.method.prefers_channels_last())  # unset: the method's layout
     return set_input_size(model, cfg.model.input_size) if cfg.model.input_size is not None else model

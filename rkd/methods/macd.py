@@ -112,9 +112,7 @@ class MacdMethod(DistillationConfig):
         return self.source
 
     def check(self, cfg) -> None:
-        from rkd.data import dataset_info
-
-        side = cfg.model.input_size or dataset_info(cfg.data.dataset).image_shape[-1]
+        side = cfg.model.input_size or cfg.data.image_side()
         if side % self.student_patch:
             raise ValueError(f"method.student_patch {self.student_patch} must divide the image side {side} "
                              "(the model's input_size when set: the student is masked at that size)")
