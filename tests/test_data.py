@@ -670,7 +670,8 @@ def test_digits_are_made_at_the_configured_image_size_and_the_mae_patchifies_tha
     cfg = load_config("preset:digits_mae", ["data.image_size=16"])
     train, test, _ = build_datasets(cfg.data)
     assert train.image_shape == test.image_shape == (3, 16, 16)
-    mae = getattr(build_model(cfg), "mae", None) or build_model(cfg)
+    model = build_model(cfg)
+    mae = getattr(model, "mae", model)  # the MAE itself, or inside the MACD teacher
     assert (mae.img_size, mae.num_patches) == (16, 16)  # patch 4
     with torch.no_grad():
         tokens, _, _ = mae.forward_encoder(torch.stack([test[i][0] for i in range(2)]), 0.0)

@@ -89,9 +89,12 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _image_size_made_here(self):
-        if self.image_size is not None and self.dataset not in ("digits", "synthetic"):
-            raise ValueError(f"data.image_size applies to digits and synthetic only (dataset {self.dataset!r} "
-                             "comes at its own size; model.input_size resizes inside the model)")
+        from rkd.data import dataset_info
+
+        if self.image_size is not None and dataset_info(self.dataset).needs_root:
+            raise ValueError(f"data.image_size applies to the datasets made in memory (digits, synthetic) only: "
+                             f"{self.dataset!r} is read from files at its own size; model.input_size resizes "
+                             "inside the model")
         return self
 
     def image_side(self) -> int:
