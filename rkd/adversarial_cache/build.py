@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from rkd.attacks import PGDAttack, pgd
 from rkd.data.loader import make_loader
+from rkd.models.inference import inference_copy
 from rkd.models.modes import evaluation_mode
 
 from .key import key_from_parts, key_parts
@@ -116,10 +117,13 @@ def run_attack_over(model: nn.Module, dataset: Dataset, attack: Callable, seed: 
     try:
         with evaluation_mode(model):
             torch.manual_seed(int(seed))
+            frozen = None
             for x, y in loader:
                 x = x.to(device=device, dtype=torch.float32)
                 y = torch.as_tensor(y).to(device)
-                x_adv = attack(model, x, y)
+                if frozen is None:  # batch norms folded, same logits (rkd.models.inference)
+                    frozen = inference_copy(model, x[:64])
+                x_adv = attack(frozen, x, y)
                 advs.append(x_adv.detach().to("cpu", torch.float32))
                 labels.append(y.detach().to("cpu", torch.int64))
     finally:

@@ -45,6 +45,7 @@ from rkd.evaluation.worst_case import (
     suite_name,
     worst_case_entry,
 )
+from rkd.models.inference import inference_copy
 from rkd.models.modes import evaluation_mode
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -96,6 +97,9 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
     data = eval_subset(test_set, cfg.max_samples)
     loader = make_loader(data, batch_size)
     t_start = time.perf_counter()
+    model = _for_attacks(model, loader, device)
+    if source is not None:
+        source = _for_attacks(source, loader, device)
     lap = _Lap(log)
     out: dict = {"num_samples": len(data)}
     clean_ok = correct_mask(model, loader, device)
@@ -140,6 +144,12 @@ def evaluate(model: nn.Module, test_set: Dataset, cfg: EvalConfig, *, device, ba
         out["checks"], out["flags"] = None, None
     out["eval_wall_time_s"] = time.perf_counter() - t_start
     return out
+
+
+def _for_attacks(model: nn.Module, loader: DataLoader, device) -> nn.Module:
+    """The frozen copy every attack here runs on, batch norms folded (:mod:`rkd.models.inference`)."""
+    probe = next(iter(loader))[0][:64].to(device)
+    return inference_copy(model, probe)
 
 
 def _optional_parts(out: dict, model: nn.Module, data: Dataset, loader: DataLoader, cfg: EvalConfig, *, device,
