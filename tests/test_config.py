@@ -333,6 +333,22 @@ def test_data_image_size_is_validated_and_keys_the_caches_only_when_set():
     assert "image_size" not in identity(plain.data, (RUN, LOADER)) and "image_size" not in identity(plain)["data"]
 
 
+def test_model_stem_stride_is_validated_and_keys_the_caches_only_when_set():
+    from rkd.config.identity import identity
+    from rkd.experiment.model_cache import teacher_key
+
+    with pytest.raises(ConfigError) as info:
+        load_config("preset:digits", ["model.stem_stride=3"])
+    assert [k for k, _ in info.value.problems] == ["model.stem_stride"]
+    with pytest.raises(ConfigError, match="stem_stride"):
+        load_config("jobs/cifar10/robust_distillation/teachers/trades_wrn34_10.yaml", ["model.stem_stride=2"])
+    plain, strided = load_config("preset:digits_teacher_plus"), load_config("preset:digits_teacher_plus",
+                                                                          ["model.stem_stride=2"])
+    assert teacher_key(plain) != teacher_key(strided)
+    # unset is left out of every key: caches made before model.stem_stride existed stay valid
+    assert "stem_stride" not in identity(plain)["model"] and identity(strided)["model"]["stem_stride"] == 2
+
+
 def test_macd_student_patch_must_divide_the_configured_image_side():
     with pytest.raises(ConfigError, match=r"student_patch 8 must divide the image side 12"):
         load_config("preset:digits_macd", ["data.image_size=12"])

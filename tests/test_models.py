@@ -79,6 +79,15 @@ def test_resnet18_stage_shapes(x):
     assert m(x).shape == (2, 10)
 
 
+def test_stem_stride_two_halves_every_stage_side_and_keeps_the_interface(x):
+    m = _tiny("resnet18", stem_stride=2)
+    feats = m.forward_intermediates(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 8, 16, 16), (2, 16, 8, 8), (2, 32, 4, 4), (2, 64, 2, 2)]
+    assert m(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        _tiny("resnet18", stem_stride=4)
+
+
 def test_resnet50_bottleneck_expansion(x):
     m = _tiny("resnet50")
     feats = m.forward_intermediates(x)

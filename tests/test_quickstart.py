@@ -46,6 +46,33 @@ def test_targeted_overrides_reach_the_cached_row_and_the_spec_that_names_it():
     assert teacher_config(rows["macd"].method.trained_models()["source"]).train.epochs == 3
 
 
+def test_every_resnet_of_the_main_job_gets_the_stride_two_stem_and_one_keeps_the_presets():
+    """--stem-stride 2 (the default) reaches every row, the teachers it trains and MACD's source;
+    MACD's MAE stages are ViTs and keep their configs; --stem-stride 1 adds nothing; a user's
+    override comes after the default, so it wins."""
+    from rkd.config import load_config
+
+    def strides(configs):
+        out = {}
+        for k, (_, _, c) in zip(_keys(configs), configs):
+            cfg = teacher_config(c) if isinstance(c, TeacherConfig) else c
+            out[k] = cfg.model.stem_stride
+            for role, spec in cfg.method.trained_models().items():
+                nested = teacher_config(spec)
+                out[f"{k}.{role}"] = nested.model.stem_stride if nested.model.arch.startswith("resnet") else "vit"
+        return out
+
+    default = strides(quickstart_configs())
+    assert default.pop("macd.teacher") == "vit" and "macd.source" in default
+    assert set(default.values()) == {2}
+    assert set(strides(quickstart_configs(stem_stride=1)).values()) <= {None, "vit"}
+    plain = quickstart_configs(stem_stride=1, only=["adversarial"])[0][2]
+    assert plain == load_config("preset:digits_adversarial", ["output_dir=runs"])
+    assert set(strides(quickstart_configs(["trades:model.stem_stride=1"], only=["trades"])).values()) == {1}
+    with pytest.raises(ValueError, match="stem-stride"):
+        quickstart_configs(stem_stride=3)
+
+
 def test_the_table_is_one_plan_whose_teacher_rows_are_the_stages_their_students_load():
     """plan_quickstart: the teacher rows (and the standard row, MACD's source) are stages, each
     student lists the stages it loads, and every task asks for the CPUs it is given."""

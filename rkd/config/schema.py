@@ -123,6 +123,9 @@ class ModelConfig(Strict):
     channels_last: Annotated[Optional[bool], NotInKey(RUN)] = Field(
         None, description="ResNet/WRN: weights and activations in NHWC (torch.channels_last), same values; "
         "None = the method's choice (on, except Robust-KD with gamma > 0, whose double backward is slower in NHWC)")
+    stem_stride: Annotated[Optional[Literal[1, 2]], KeyedUnlessDefault()] = Field(
+        None, description="CIFAR-style ResNet: stride of the stem convolution (None = 1; 2 runs every stage at "
+        "half the side, for inputs upsampled from a lower resolution such as the 8x8 digits)")
     input_size: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="resize inputs (bilinear, inside the model) to this side, e.g. 224 for the MACD "
         "paper's models on 32x32 CIFAR; attacks and eps stay in the data's pixel space")
