@@ -360,13 +360,24 @@ def test_steps_project_step_and_zero_gradient():
 # --------------------------------------------------------------------------------------------
 # JSMA
 # --------------------------------------------------------------------------------------------
-def test_saliency_pair_search_is_exact():
-    """The branch-and-bound pair search equals the brute-force n x n search."""
+@pytest.mark.parametrize("max_candidates, scores_at_once", [
+    (512, 1 << 24),  # the Pareto candidates, scored exhaustively
+    (0, 1 << 24),  # every sample through the branch and bound, all samples at once
+    (0, 100),  # the branch and bound one sample at a time
+    (8, 1 << 24),  # a mix: few candidates exhaustively, the others by branch and bound
+])
+def test_saliency_pair_search_is_exact(max_candidates, scores_at_once, monkeypatch):
+    """The pair search (Pareto candidates, else branch and bound, batched over samples) equals
+    the brute-force n x n search of each sample, also where every point is on the frontier."""
+    monkeypatch.setattr(jsma_module, "_MAX_CANDIDATES", max_candidates)
+    monkeypatch.setattr(jsma_module, "_PAIR_SCORES", scores_at_once)
     g = torch.Generator().manual_seed(0)
-    for trial in range(20):
+    for trial in range(24):
         n = 40 + trial
         alpha = torch.randn(3, n, generator=g)
         beta = torch.randn(3, n, generator=g) - 0.3 * alpha
+        if trial % 4 == 3:  # a falling line: y = -beta falls as x = alpha grows, all on the frontier
+            beta = alpha - 1.0 + 0.01 * torch.randn(3, n, generator=g)
         domain = torch.rand(3, n, generator=g) > 0.2
         p, q, found = jsma_module._saliency_pairs(alpha, beta, domain, row_chunk=8)
         for s in range(3):

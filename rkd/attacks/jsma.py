@@ -48,6 +48,80 @@ def _saliency_pairs(
     domain: torch.Tensor,
     row_chunk: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best feature pair per sample (see :func:`_branch_and_bound_pairs` for the score): exact.
+
+    With ``x = alpha``, ``y = -beta`` a positive score ``(x_p + x_q)(y_p + y_q)`` grows with
+    ``x`` and ``y`` of either feature, so in the best pair ``(p, q)`` no feature but ``q``
+    dominates ``p`` (``x >= x_p`` and ``y >= y_p``, one strictly), and the same for ``q``: both
+    lie in the first two Pareto layers of the points ``(x, y)`` (a feature dominated only by
+    ``q`` is on the frontier once the first layer, ``q`` in it, is removed). The pairs among
+    those candidates -- a few dozen of the ``n`` features as a rule -- are scored exhaustively;
+    samples with more than ``_MAX_CANDIDATES`` candidates (points strung along a falling line)
+    go to the branch and bound.
+    """
+    bsz, n = alpha.shape
+    dev = alpha.device
+    neg_inf = torch.tensor(-math.inf, dtype=torch.float64, device=dev)
+    x = torch.where(domain, alpha.double(), neg_inf)  # (B, n)
+    y = torch.where(domain, -beta.double(), neg_inf)  # (B, n)
+    first = _pareto_layer(x, y, domain)
+    cand = first | _pareto_layer(x, y, domain & ~first)  # (B, n)
+    count = cand.sum(dim=1)
+    p = torch.zeros(bsz, dtype=torch.long, device=dev)
+    q, found = torch.zeros_like(p), torch.zeros(bsz, dtype=torch.bool, device=dev)
+    small = count <= _MAX_CANDIDATES
+    if bool(small.any()):
+        rows = small.nonzero().squeeze(1)
+        p[rows], q[rows], found[rows] = _exhaustive_pairs(x[rows], y[rows], cand[rows], int(count[rows].max()))
+    if not bool(small.all()):
+        rows = (~small).nonzero().squeeze(1)
+        p[rows], q[rows], found[rows] = _branch_and_bound_pairs(alpha[rows], beta[rows], domain[rows], row_chunk)
+    return p, q, found
+
+
+#: candidate features per sample up to which their pairs are scored exhaustively
+_MAX_CANDIDATES = 512
+
+
+def _pareto_layer(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B, n)`` bool: the points of ``mask`` that no other point of ``mask`` beats in ``y``
+    among those at least as far in ``x`` (sorted by ``x``, then ``y``, descending) -- the Pareto
+    frontier, plus points tied with it (a superset is harmless: the candidates are scored)."""
+    neg_inf = torch.tensor(-math.inf, dtype=x.dtype, device=x.device)
+    xm, ym = torch.where(mask, x, neg_inf), torch.where(mask, y, neg_inf)
+    by_y = ym.argsort(dim=1, descending=True, stable=True)
+    order = by_y.gather(1, xm.gather(1, by_y).argsort(dim=1, descending=True, stable=True))
+    ys = ym.gather(1, order)
+    before = torch.cat([torch.full_like(ys[:, :1], -math.inf), ys.cummax(dim=1).values[:, :-1]], dim=1)
+    on = (ys >= before) & mask.gather(1, order)
+    return torch.zeros_like(mask).scatter(1, order, on)
+
+
+def _exhaustive_pairs(x: torch.Tensor, y: torch.Tensor, cand: torch.Tensor, m: int):
+    """The best pair among the ``cand`` features of each sample, at most ``m`` per sample; of
+    pairs with equal scores, the one with the smallest first feature index, then second."""
+    b, n = x.shape
+    order = torch.arange(n, device=x.device).expand(b, n)
+    idx = torch.where(cand, order, order + n).argsort(dim=1)[:, :m]  # (b, m): candidates, ascending
+    ok = cand.gather(1, idx)
+    xc = torch.where(ok, x.gather(1, idx), -math.inf)
+    yc = torch.where(ok, y.gather(1, idx), -math.inf)
+    S = (xc[:, :, None] + xc[:, None, :]).clamp_min(0) * (yc[:, :, None] + yc[:, None, :]).clamp_min(0)
+    S = S.nan_to_num(0.0)  # -inf + -inf pairs of padding
+    S.diagonal(dim1=1, dim2=2).zero_()  # p == q is not a pair
+    v, flat = S.flatten(1).max(dim=1)
+    i, j = flat // m, flat % m
+    rows = torch.arange(b, device=x.device)
+    pi, qj = idx[rows, i], idx[rows, j]
+    return torch.minimum(pi, qj), torch.maximum(pi, qj), v > 0
+
+
+def _branch_and_bound_pairs(
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    domain: torch.Tensor,
+    row_chunk: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best feature pair per sample: exact, by branch and bound over rows of the pair matrix.
 
     Score of a pair ``p != q``: ``S = max(A, 0) * max(N, 0)`` with ``A = alpha_p + alpha_q`` and
@@ -66,7 +140,9 @@ def _saliency_pairs(
     Rows are scanned ``row_chunk`` at a time in decreasing bound order until no unscanned
     row's bound beats the best score. Any unscanned pair has both rows unscanned, so the result
     equals a full ``n x n`` search (ties aside), usually after one or two chunks instead of
-    ``n / row_chunk``. Memory: ``row_chunk * n`` scores per sample. The search runs in float64 so
+    ``n / row_chunk``. Every sample of the batch is searched at once (a sample leaves the search
+    when its bound is reached); memory ``row_chunk * n`` scores per sample, at most
+    ``_PAIR_SCORES`` at once. The search runs in float64 so
     products of tiny gradients (softmax saliency of a distilled network) do not underflow.
 
     Args:
@@ -82,45 +158,60 @@ def _saliency_pairs(
     bsz, n = alpha.shape
     dev = alpha.device
     neg_inf = torch.tensor(-math.inf, dtype=torch.float64, device=dev)
-    a_all = torch.where(domain, alpha.double(), neg_inf)  # (B, n)
-    nb_all = torch.where(domain, -beta.double(), neg_inf)  # (B, n)
-    p_out, q_out = [0] * bsz, [0] * bsz
-    found = [False] * bsz
-    for s in range(bsz):
-        a, nb = a_all[s], nb_all[s]  # (n,)
-        u1 = (a + a.max()).clamp_min(0) * (nb + nb.max()).clamp_min(0)  # (n,) row bounds
-        open_rows = torch.ones(n, dtype=torch.bool, device=dev)
-        best, bp, bq, best_a, best_nb = 0.0, 0, 0, 0.0, 0.0
-        k = min(16, row_chunk, n)  # chunk size grows geometrically up to row_chunk
-        while True:
-            ub = u1
-            if best > 0:  # tighten with the AM-GM bound around the current best ratio
-                lam = best_nb / best_a
-                c = lam * a + nb
-                u2 = ((c + c.max()) / 2).clamp_min(0).square() / lam
-                ub = torch.minimum(u1, u2)
-            ub = torch.where(open_rows, ub, neg_inf)
-            top_ub, rows = ub.topk(k)  # (k,), descending
-            k = min(2 * k, row_chunk, n)
-            keep = top_ub > best
-            if not bool(keep[0]):
-                break
-            rows = rows[keep]  # (r,)
-            open_rows[rows] = False
-            A = a[rows, None] + a[None, :]  # (r, n)
-            N = nb[rows, None] + nb[None, :]  # (r, n)
-            S = A.clamp_min(0) * N.clamp_min(0)
-            S[torch.arange(rows.numel(), device=dev), rows] = 0  # p == q is not a pair
-            v, i = S.flatten().max(dim=0)
-            if v.item() > best:
-                i = i.item()
-                r, q = divmod(i, n)
-                best, bp, bq = v.item(), rows[r].item(), q
-                best_a, best_nb = A[r, q].item(), N[r, q].item()
-        p_out[s], q_out[s], found[s] = min(bp, bq), max(bp, bq), best > 0
-    return (torch.tensor(p_out, dtype=torch.long, device=dev),
-            torch.tensor(q_out, dtype=torch.long, device=dev),
-            torch.tensor(found, dtype=torch.bool, device=dev))
+    a = torch.where(domain, alpha.double(), neg_inf)  # (B, n)
+    nb = torch.where(domain, -beta.double(), neg_inf)  # (B, n)
+    u1 = (a + a.amax(1, keepdim=True)).clamp_min(0) * (nb + nb.amax(1, keepdim=True)).clamp_min(0)  # row bounds
+    open_rows = torch.ones(bsz, n, dtype=torch.bool, device=dev)
+    best = torch.zeros(bsz, dtype=torch.float64, device=dev)  # best score so far, per sample
+    best_a, best_nb = torch.ones_like(best), torch.ones_like(best)  # its A and N (the AM-GM ratio)
+    p_out = torch.zeros(bsz, dtype=torch.long, device=dev)
+    q_out = torch.zeros(bsz, dtype=torch.long, device=dev)
+    searching = torch.ones(bsz, dtype=torch.bool, device=dev)
+    k = min(16, row_chunk, n)  # rows per sample per round, growing geometrically up to row_chunk
+    while True:
+        ub = u1
+        if bool((best > 0).any()):  # tighten with the AM-GM bound around the current best ratio
+            lam = (best_nb / best_a)[:, None]
+            c = lam * a + nb
+            u2 = ((c + c.amax(1, keepdim=True)) / 2).clamp_min(0).square() / lam
+            ub = torch.where((best > 0)[:, None], torch.minimum(u1, u2), u1)
+        top_ub, rows = torch.where(open_rows, ub, neg_inf).topk(k, dim=1)  # (B, k), descending
+        keep = top_ub > best[:, None]  # rows that may still hold a better pair
+        searching &= keep[:, 0]
+        if not bool(searching.any()):
+            break
+        for idx in searching.nonzero().squeeze(1).split(max(1, _PAIR_SCORES // (k * n))):
+            _scan_rows(idx, rows[idx], keep[idx], a, nb, open_rows, best, best_a, best_nb, p_out, q_out)
+        k = min(2 * k, row_chunk, n)
+    p, q = torch.minimum(p_out, q_out), torch.maximum(p_out, q_out)
+    return p, q, best > 0
+
+
+#: pair scores (float64) materialised at once by the batched pair search: 128 MB
+_PAIR_SCORES = 1 << 24
+
+
+def _scan_rows(idx, rows, keep, a, nb, open_rows, best, best_a, best_nb, p_out, q_out) -> None:
+    """Score every pair in the kept ``rows`` (b, k) of samples ``idx`` (b,); close those rows and
+    record, in place, any pair better than the sample's best so far."""
+    b, k = rows.shape
+    n = a.shape[1]
+    open_rows[idx[:, None].expand(b, k)[keep], rows[keep]] = False
+    a_i, nb_i = a[idx], nb[idx]  # (b, n)
+    A = a_i.gather(1, rows)[:, :, None] + a_i[:, None, :]  # (b, k, n)
+    N = nb_i.gather(1, rows)[:, :, None] + nb_i[:, None, :]  # (b, k, n)
+    S = A.clamp_min(0) * N.clamp_min(0)
+    S[~keep] = 0  # rows whose bound cannot beat the best
+    S.scatter_(2, rows[:, :, None], 0.0)  # p == q is not a pair
+    v, flat = S.flatten(1).max(dim=1)  # (b,)
+    better = v > best[idx]
+    if not bool(better.any()):
+        return
+    r, q = flat // n, flat % n
+    sel, r, q = idx[better], r[better], q[better]
+    j = better.nonzero().squeeze(1)
+    best[sel], p_out[sel], q_out[sel] = v[better], rows[j, r], q
+    best_a[sel], best_nb[sel] = A[j, r, q], N[j, r, q]
 
 
 def jsma(
