@@ -8,7 +8,8 @@ STAMP := $(VENV)/.rkd-installed
 # Without an NVIDIA driver, pin the torch/torchvision pair known to import and run on CPU here
 # (torch 2.13.0+cpu breaks the registry's torchvision). With one, pip keeps/gets a CUDA build.
 # --no-compile: Python compiles the modules a job imports on first use instead of pip compiling
-# every file of torch, ray and mlflow up front (56 s instead of about 100 s for the install here).
+# every file of torch, ray and mlflow up front (the install of a fresh clone took about 70 s
+# instead of about 100 s here, 2026-12-07).
 TORCH_CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 
 .PHONY: setup quickstart test test-fast smoke lint bench clean

@@ -237,7 +237,7 @@ def run_graph(configs: list, qdir: Path, parent_run_id: str | None, tracking: Tr
               parallel: int, progress: Progress) -> dict[str, tuple[Path, bool]]:
     """Every row and the models they load as one graph on a local Ray cluster started here (or
     ``$RAY_ADDRESS``; :mod:`rkd.orchestration.table`), each task with ``CPUs / parallel`` CPUs:
-    one at a time by default, so train times compare. Returns the teacher rows' ``{preset:
+    two at a time by default. Returns the teacher rows' ``{preset:
     (run directory, trained now)}``; raises if a row failed, KeyboardInterrupt if stopped."""
     from rkd.orchestration import connect
     from rkd.orchestration.table import check_before_work, cpus_per_task, run_plan
@@ -265,7 +265,7 @@ def run_graph(configs: list, qdir: Path, parent_run_id: str | None, tracking: Tr
 
 
 def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only: Iterable[str] | None = None,
-                   out=sys.stdout, parallel: int = 1, full: bool = False,
+                   out=sys.stdout, parallel: int = 2, full: bool = False,
                    stem_stride: int = DEFAULT_STEM_STRIDE) -> dict:
     """Run the quickstart.
 
@@ -274,7 +274,8 @@ def run_quickstart(overrides: Iterable[str] = (), output_dir: str = "runs", only
     ``adversarial:method.attack.steps=3``). Every config is loaded and validated before the
     first run starts. The rows and the models they load (teachers once, cached) run as one
     graph of Ray tasks on a local cluster started here (or ``$RAY_ADDRESS``), ``parallel`` at a
-    time (1: each task has all CPUs, so train times compare). A row that
+    time, each with ``1/parallel`` of the CPUs (the default 2 keeps every core busy while one
+    task is in its serial parts; 1 gives each task all CPUs). A row that
     another row names as a model it needs (the standard model, MACD's transfer source) is served
     from the teacher cache instead of being trained twice. ``full`` adds the Robust-KD
     ablation rows (:data:`ABLATION_METHODS`); ``only`` picks rows by key from all of them.
