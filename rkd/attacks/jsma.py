@@ -106,8 +106,8 @@ def _exhaustive_pairs(x: torch.Tensor, y: torch.Tensor, cand: torch.Tensor, m: i
     ok = cand.gather(1, idx)
     xc = torch.where(ok, x.gather(1, idx), -math.inf)
     yc = torch.where(ok, y.gather(1, idx), -math.inf)
+    # padding is -inf, so any pair with it clamps to a score of 0
     S = (xc[:, :, None] + xc[:, None, :]).clamp_min(0) * (yc[:, :, None] + yc[:, None, :]).clamp_min(0)
-    S = S.nan_to_num(0.0)  # -inf + -inf pairs of padding
     S.diagonal(dim1=1, dim2=2).zero_()  # p == q is not a pair
     v, flat = S.flatten(1).max(dim=1)
     i, j = flat // m, flat % m
